@@ -1,0 +1,65 @@
+"""The Flower ClientApp: local training on this node's partition, dispatched by behaviour.
+
+Everything a client needs to rebuild its data and model travels in the message's config (the
+``federation`` key, a JSON string) and is cached per process, so an actor builds its data and model
+once and only loads weights each round.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedunlearn.clients import BEHAVIOURS
+from fedunlearn.config import config_from_dict
+from fedunlearn.data import federated_data
+from fedunlearn.models import build_model
+from fedunlearn.training import get_weights, set_weights
+
+app = ClientApp()
+
+
+def client_seed(base_seed: int, server_round: int, partition_id: int) -> int:
+    """The seed of one client's local run in one round: independent of which actor runs it."""
+    return int(np.random.SeedSequence([base_seed, server_round, partition_id]).generate_state(1)[0])
+
+
+@functools.lru_cache(maxsize=4)
+def _federation(spec: str):
+    cfg = config_from_dict(json.loads(spec))
+    data = federated_data(cfg.data, cfg.seed)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
+    return data, model
+
+
+def _partition_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Run the requested behaviour from the received global weights and return the new weights."""
+    config = dict(msg.content["config"])
+    pid = _partition_id(context)
+    data, model = _federation(str(config["federation"]))
+    set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
+    behaviour = BEHAVIOURS[str(config.get("behaviour", "train"))]
+    run = behaviour(model, data.clients[pid], config, client_seed(int(config["seed"]), int(config["server-round"]), pid))
+    metrics = MetricRecord({
+        "num-examples": data.clients[pid].num_examples,
+        "partition-id": pid,
+        "train-loss": run.loss,
+        "local-epochs": float(run.epochs),
+        "local-steps": run.steps,
+    })
+    return Message(RecordDict({"arrays": ArrayRecord(get_weights(model)), "metrics": metrics}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (node ids are random in simulation)."""
+    return Message(RecordDict({"info": ConfigRecord({"partition-id": _partition_id(context)})}), reply_to=msg)

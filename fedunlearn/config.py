@@ -1,0 +1,271 @@
+"""Typed experiment configuration: TOML in, validated dataclasses out.
+
+Every invalid key or value raises :class:`ConfigError` with one line that names the field and the
+fix, so the CLI can print it and exit 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the field and the fix."""
+
+
+@dataclass
+class BackdoorConfig:
+    """Trigger-patch poisoning of chosen clients' train data.
+
+    A poisoned sample gets a ``patch_size`` x ``patch_size`` square of value ``patch_value`` in
+    its bottom-right corner and the label ``target_label``. Only samples whose true label differs
+    from the target are poisoned, so every poisoned label really changes.
+    """
+
+    clients: list[int] = field(default_factory=list)
+    target_label: int = 0
+    fraction: float = 0.5
+    patch_size: int = 2
+    patch_value: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    """Which data set, where it lives and how it is split among clients."""
+
+    name: str = "digits"
+    root: str = ""
+    download: bool = False
+    num_clients: int = 10
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    classes_per_client: int = 2
+    min_partition_size: int = 10
+    local_test_fraction: float = 0.0
+    synthetic_samples: int = 2000
+    synthetic_features: int = 20
+    synthetic_classes: int = 4
+    backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Model architecture; ``hidden`` is the width of the last hidden layer."""
+
+    name: str = "cnn"
+    hidden: int = 64
+
+
+@dataclass
+class TrainConfig:
+    """The FedAvg recipe: rounds, client sampling and the local SGD run by every client."""
+
+    rounds: int = 30
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    server_lr: float = 1.0
+    fraction_train: float = 1.0
+    min_train_clients: int = 0
+
+
+@dataclass
+class StoreConfig:
+    """What the server keeps of the clients' pseudo-gradients.
+
+    The latest pseudo-gradient of every client is always kept. With ``history`` every round's is
+    kept too, written to disk and cached in RAM up to ``ram_budget_mb``.
+    """
+
+    history: bool = False
+    ram_budget_mb: float = 256.0
+    dtype: str = "float32"
+
+
+@dataclass
+class SimulationConfig:
+    """Flower Simulation Engine (Ray backend) settings."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    ray_address: str = ""
+    checkpoint_every: int = 1
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment; ``seed`` drives partitions, init, sampling and local training."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+
+def _check_value(path: str, value: Any, annotation: Any) -> Any:
+    """Return ``value`` coerced to ``annotation`` or raise ConfigError naming ``path``."""
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, list):
+            return [_check_value(f"{path}[{i}]", v, item_type) for i, v in enumerate(value)]
+    name = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"{path}: expected {name}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{path}: unknown key; valid keys here are {', '.join(sorted(known))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a table [{path}], got {value!r}")
+            kwargs[key] = _build(hint, value, f"{path}.")
+        else:
+            kwargs[key] = _check_value(path, value, hint)
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.rounds=20")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word such as `digits` is a string
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as TOML literals) to a raw TOML dict."""
+    for text in overrides:
+        keys, value = _parse_override(text)
+        node = raw
+        for part in keys[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: {part} is not a table")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def _validate(cfg: ExperimentConfig) -> None:
+    """Range checks; registries are checked by name so typos list the valid choices."""
+    from fedunlearn.data import DATASETS, PARTITIONERS
+    from fedunlearn.models import MODELS
+
+    def need(ok: bool, path: str, fix: str) -> None:
+        if not ok:
+            raise ConfigError(f"{path}: {fix}")
+
+    d, t = cfg.data, cfg.train
+    need(d.name in DATASETS, "data.name", f"unknown data set {d.name!r}; choose one of {sorted(DATASETS)}")
+    need(d.partition in PARTITIONERS, "data.partition",
+         f"unknown partitioner {d.partition!r}; choose one of {sorted(PARTITIONERS)}")
+    need(cfg.model.name in MODELS, "model.name", f"unknown model {cfg.model.name!r}; choose one of {sorted(MODELS)}")
+    need(d.num_clients >= 2, "data.num_clients", f"must be >= 2 (got {d.num_clients})")
+    need(d.alpha > 0, "data.alpha", f"must be > 0 (got {d.alpha})")
+    need(d.classes_per_client >= 1, "data.classes_per_client", f"must be >= 1 (got {d.classes_per_client})")
+    need(d.min_partition_size >= 0, "data.min_partition_size", f"must be >= 0 (got {d.min_partition_size})")
+    need(0 <= d.local_test_fraction < 1, "data.local_test_fraction",
+         f"must be in [0, 1) (got {d.local_test_fraction})")
+    need(d.synthetic_classes >= 2, "data.synthetic_classes", f"must be >= 2 (got {d.synthetic_classes})")
+    b = d.backdoor
+    for c in b.clients:
+        need(0 <= c < d.num_clients, "data.backdoor.clients",
+             f"client id {c} is not in 0..{d.num_clients - 1}")
+    need(0 < b.fraction <= 1, "data.backdoor.fraction", f"must be in (0, 1] (got {b.fraction})")
+    need(b.patch_size >= 1, "data.backdoor.patch_size", f"must be >= 1 (got {b.patch_size})")
+    need(cfg.model.hidden >= 1, "model.hidden", f"must be >= 1 (got {cfg.model.hidden})")
+    need(t.rounds >= 1, "train.rounds", f"must be >= 1 (got {t.rounds})")
+    need(t.local_epochs >= 1, "train.local_epochs", f"must be >= 1 (got {t.local_epochs})")
+    need(t.batch_size >= 1, "train.batch_size", f"must be >= 1 (got {t.batch_size})")
+    need(t.lr > 0, "train.lr", f"must be > 0 (got {t.lr})")
+    need(0 <= t.momentum < 1, "train.momentum", f"must be in [0, 1) (got {t.momentum})")
+    need(t.server_lr > 0, "train.server_lr", f"must be > 0 (got {t.server_lr})")
+    need(0 < t.fraction_train <= 1, "train.fraction_train", f"must be in (0, 1] (got {t.fraction_train})")
+    need(0 <= t.min_train_clients <= d.num_clients, "train.min_train_clients",
+         f"must be in 0..{d.num_clients} (got {t.min_train_clients}); 0 means every sampled client")
+    need(cfg.store.dtype in ("float32", "float16"), "store.dtype",
+         f"must be 'float32' or 'float16' (got {cfg.store.dtype!r})")
+    need(cfg.store.ram_budget_mb >= 0, "store.ram_budget_mb", f"must be >= 0 (got {cfg.store.ram_budget_mb})")
+    need(cfg.simulation.num_cpus > 0, "simulation.num_cpus", f"must be > 0 (got {cfg.simulation.num_cpus})")
+    need(cfg.simulation.num_gpus >= 0, "simulation.num_gpus", f"must be >= 0 (got {cfg.simulation.num_gpus})")
+    need(cfg.simulation.checkpoint_every >= 1, "simulation.checkpoint_every",
+         f"must be >= 1 (got {cfg.simulation.checkpoint_every})")
+
+
+def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from a TOML-shaped dict."""
+    cfg = _build(ExperimentConfig, raw, "")
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a TOML experiment file (or the defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"experiment file {str(p)!r} not found; pass the path of a TOML file")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{p}: not valid TOML ({err}); fix the syntax") from None
+    return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as a plain dict (the inverse of :func:`config_from_dict`)."""
+    return dataclasses.asdict(cfg)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def to_toml(raw: dict[str, Any], prefix: str = "") -> str:
+    """Serialise a config dict as TOML (scalars first, then one table per nested dict)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in raw.items() if not isinstance(v, dict)]
+    text = "\n".join(lines) + ("\n" if lines else "")
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            name = f"{prefix}{k}"
+            text += f"\n[{name}]\n" + to_toml(v, f"{name}.")
+    return text
+

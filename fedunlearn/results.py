@@ -1,0 +1,69 @@
+"""A run folder: resolved config, per-round table, checkpoint and store, all written atomically.
+
+Layout::
+
+    DIR/config.toml          the resolved experiment config
+    DIR/rounds.csv           round, test_acc, test_loss, train_loss, clients, failures, wall_s
+    DIR/failures.log         one line per failed client reply (only when there were any)
+    DIR/checkpoint/global.npz  the global weights after the last checkpointed round (key ``round``)
+    DIR/store/               the PseudoGradientStore (latest.npz, store.json, history/)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from fedunlearn.config import ExperimentConfig, config_to_dict, to_toml
+from fedunlearn.io import atomic_savez, atomic_write_text
+
+ROUND_COLUMNS = ["round", "test_acc", "test_loss", "train_loss", "clients", "failures", "wall_s"]
+
+
+def csv_text(rows: list[dict], columns: list[str]) -> str:
+    """Rows as CSV text with the given column order (missing values empty)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    """A CSV file as a list of dicts of strings."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+class RunDir:
+    """Paths and atomic writers of one run folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.toml"
+        self.rounds = self.path / "rounds.csv"
+        self.failures = self.path / "failures.log"
+        self.checkpoint = self.path / "checkpoint" / "global.npz"
+        self.store = self.path / "store"
+
+    def write_config(self, cfg: ExperimentConfig) -> None:
+        atomic_write_text(self.config, to_toml(config_to_dict(cfg)))
+
+    def write_rounds(self, rows: list[dict]) -> None:
+        atomic_write_text(self.rounds, csv_text(rows, ROUND_COLUMNS))
+
+    def write_failures(self, lines: list[str]) -> None:
+        if lines:
+            atomic_write_text(self.failures, "\n".join(lines) + "\n")
+
+    def save_checkpoint(self, weights: list[np.ndarray], server_round: int) -> None:
+        atomic_savez(self.checkpoint, round=np.int64(server_round), **{f"a{i}": w for i, w in enumerate(weights)})
+
+    def load_checkpoint(self) -> tuple[list[np.ndarray], int]:
+        """(weights, round) of the last checkpoint; FileNotFoundError when there is none."""
+        with np.load(self.checkpoint) as f:
+            weights = [f[f"a{i}"] for i in range(len(f.files) - 1)]
+            return weights, int(f["round"])

@@ -1,0 +1,171 @@
+"""RecordingFedAvg: Flower's FedAvg that keeps every client's pseudo-gradient.
+
+Differences from :class:`flwr.serverapp.strategy.FedAvg`, each for a reason:
+
+* clients are addressed by partition id (node ids are random per run), sampled with a generator
+  seeded by (seed, round), and only from the clients currently in the federation;
+* replies are sorted by partition id before anything is summed, so results do not depend on the
+  order Ray returns them (floating-point sums are not associative);
+* aggregation happens in pseudo-gradient space, w_{t+1} = w_t + η_s Σ_k (n_k/N) Δ_k, and every Δ_k
+  is recorded in a :class:`~fedunlearn.store.PseudoGradientStore`;
+* error replies are counted per round, and a round with fewer successes than ``min_train_nodes``
+  stops the run with :class:`TooFewClientsError`.
+
+Subclasses change one thing: :meth:`client_config` (what a client is asked to do) or
+:meth:`combine` (how the round's pseudo-gradients move the global weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedunlearn.store import PseudoGradientStore
+
+Weights = list[np.ndarray]
+
+
+class TooFewClientsError(RuntimeError):
+    """A round returned fewer successful replies than the configured minimum."""
+
+
+@dataclass
+class ClientUpdate:
+    """One successful reply, as the aggregation sees it."""
+
+    partition_id: int
+    num_examples: int
+    delta: Weights
+    metrics: dict
+
+
+@dataclass
+class RoundReport:
+    """What happened in the last aggregated round (written to rounds.csv by the caller)."""
+
+    server_round: int = 0
+    sampled: list[int] = field(default_factory=list)
+    succeeded: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    train_loss: float = float("nan")
+    client_epochs: float = 0.0
+    bytes_exchanged: int = 0
+
+
+class RecordingFedAvg(FedAvg):
+    """FedAvg over partition ids that records pseudo-gradients and aggregates in sorted order.
+
+    Parameters
+    ----------
+    store
+        Where each reply's pseudo-gradient is recorded.
+    node_of
+        Map from partition id to the node id that holds it in this simulation.
+    participants
+        Partition ids currently in the federation (forgotten clients are removed from it).
+    seed
+        Seeds client sampling (per round) and the clients' local runs.
+    base_config
+        Sent to every client each round (the federation spec and the local recipe).
+    fraction_train, min_train_nodes
+        As in FedAvg; ``min_train_nodes = 0`` requires every sampled client to succeed.
+    server_lr
+        η_s in w_{t+1} = w_t + η_s Σ (n_k/N) Δ_k.
+    """
+
+    def __init__(self, store: PseudoGradientStore, node_of: dict[int, int], participants: Sequence[int],
+                 seed: int, base_config: dict, fraction_train: float = 1.0, min_train_nodes: int = 0,
+                 server_lr: float = 1.0) -> None:
+        super().__init__(fraction_train=fraction_train, fraction_evaluate=0.0, min_train_nodes=min_train_nodes,
+                         min_available_nodes=len(node_of))
+        self.store = store
+        self.node_of = dict(node_of)
+        self.participants = sorted(participants)
+        self.seed = seed
+        self.base_config = dict(base_config)
+        self.server_lr = server_lr
+        self.report = RoundReport()
+        self._global: Weights = []
+
+    # -- which clients, asked to do what ---------------------------------------------------
+    def sample(self, server_round: int) -> list[int]:
+        """Partition ids trained this round: a seeded sample of the participants, sorted."""
+        k = max(1, int(round(self.fraction_train * len(self.participants))))
+        if k >= len(self.participants):
+            return list(self.participants)
+        rng = np.random.default_rng([self.seed, server_round])
+        return sorted(int(p) for p in rng.choice(self.participants, size=k, replace=False))
+
+    def client_config(self, partition_id: int, config: ConfigRecord) -> ConfigRecord:
+        """The config one client receives; subclasses ask particular clients for other behaviours."""
+        return config
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """One train message per sampled partition; remembers the global weights sent."""
+        self._global = arrays.to_numpy_ndarrays()
+        sampled = self.sample(server_round)
+        self.report = RoundReport(server_round=server_round, sampled=sampled)
+        base = ConfigRecord({**self.base_config, **dict(config), "server-round": server_round, "seed": self.seed})
+        messages = []
+        for pid in sampled:
+            content = RecordDict({self.arrayrecord_key: arrays,
+                                  self.configrecord_key: self.client_config(pid, ConfigRecord(dict(base)))})
+            messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=self.node_of[pid]))
+        return messages
+
+    # -- what to do with the replies -------------------------------------------------------
+    def collect(self, server_round: int, replies: Iterable[Message]) -> list[ClientUpdate]:
+        """Sort successful replies by partition id, record their Δ, count failures."""
+        valid, errors = self._check_and_log_replies(list(replies), is_train=True)
+        self.report.failures = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in errors]
+        required = self.min_train_nodes or len(self.report.sampled)
+        if len(valid) < required:
+            raise TooFewClientsError(
+                f"round {server_round}: {len(valid)} of {len(self.report.sampled)} sampled clients succeeded, "
+                f"{required} required (train.min_train_clients); failures: {'; '.join(self.report.failures)}"
+            )
+        updates = []
+        for msg in valid:
+            metrics = dict(next(iter(msg.content.metric_records.values())))
+            weights = msg.content[self.arrayrecord_key].to_numpy_ndarrays()
+            delta = [w - g for w, g in zip(weights, self._global, strict=True)]
+            updates.append(ClientUpdate(int(metrics["partition-id"]), int(metrics["num-examples"]), delta, metrics))
+        updates.sort(key=lambda u: u.partition_id)
+        for u in updates:
+            self.store.record(u.partition_id, server_round, u.num_examples, u.delta)
+        model_bytes = sum(g.nbytes for g in self._global)
+        self.report.succeeded = [u.partition_id for u in updates]
+        self.report.client_epochs = float(sum(u.metrics.get("local-epochs", 0.0) for u in updates))
+        self.report.bytes_exchanged = model_bytes * (len(self.report.sampled) + len(updates))
+        n = sum(u.num_examples for u in updates)
+        self.report.train_loss = float(sum(u.metrics["train-loss"] * u.num_examples for u in updates) / n)
+        return updates
+
+    def combine(self, server_round: int, global_weights: Weights, updates: list[ClientUpdate]) -> Weights:
+        """FedAvg in pseudo-gradient space: w + η_s Σ (n_k/N) Δ_k, summed in partition-id order."""
+        return weighted_step(global_weights, [(u.num_examples, u.delta) for u in updates], self.server_lr)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        updates = self.collect(server_round, replies)
+        new = self.combine(server_round, self._global, updates)
+        metrics = MetricRecord({"train-loss": self.report.train_loss, "clients": len(updates),
+                                "failures": len(self.report.failures)})
+        return ArrayRecord(new), metrics
+
+
+def weighted_step(weights: Weights, contributions: Sequence[tuple[float, Weights]], scale: float) -> Weights:
+    """w + scale · Σ_i (n_i / Σ_j n_j) · Δ_i, accumulated in the given order, in float32."""
+    total = float(sum(n for n, _ in contributions))
+    out = [w.astype(np.float32, copy=True) for w in weights]
+    for n, delta in contributions:
+        factor = np.float32(scale * n / total)
+        for o, d in zip(out, delta, strict=True):
+            o += factor * d
+    return out

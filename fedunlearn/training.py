@@ -1,0 +1,92 @@
+"""Local SGD and evaluation on in-memory tensors: shared by clients, the probe and the metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+Weights = list[np.ndarray]
+
+
+def get_weights(model: nn.Module) -> Weights:
+    """The model's state dict as a list of float32 numpy arrays (state-dict order)."""
+    return [t.detach().cpu().numpy().copy() for t in model.state_dict().values()]
+
+
+def set_weights(model: nn.Module, weights: Weights) -> None:
+    """Load a list of arrays (state-dict order) into ``model`` in place."""
+    with torch.no_grad():
+        for t, w in zip(model.state_dict().values(), weights, strict=True):
+            t.copy_(torch.from_numpy(np.asarray(w, dtype=np.float32)))
+
+
+@dataclass
+class LocalTrainResult:
+    """What a local training run did: mean loss over its steps and how many SGD steps it took."""
+
+    loss: float
+    steps: int
+
+
+def train_local(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.0,
+    seed: int = 0,
+    ascent: bool = False,
+    clip_norm: float | None = None,
+    after_step: Callable[[nn.Module], bool] | None = None,
+    max_steps: int | None = None,
+) -> LocalTrainResult:
+    """Mini-batch SGD on (x, y) in place, batches shuffled by a generator seeded with ``seed``.
+
+    ``ascent`` maximises the loss instead (gradient ascent). ``after_step`` runs after every
+    optimiser step and stops training when it returns True (used by PGA's projection).
+    """
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        for batch in torch.randperm(len(yt), generator=gen).split(batch_size):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xt[batch]), yt[batch])
+            (-loss if ascent else loss).backward()
+            if clip_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+            opt.step()
+            total += float(loss)
+            steps += 1
+            if (after_step is not None and after_step(model)) or steps == max_steps:
+                return LocalTrainResult(total / steps, steps)
+    return LocalTrainResult(total / max(steps, 1), steps)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 2048) -> torch.Tensor:
+    """Logits for every row of ``x`` (eval mode, no gradients)."""
+    model.eval()
+    xt = torch.from_numpy(x)
+    return torch.cat([model(xt[i:i + batch_size]) for i in range(0, len(xt), batch_size)])
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on (x, y)."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    logits = predict_logits(model, x)
+    yt = torch.from_numpy(y)
+    acc = float((logits.argmax(1) == yt).float().mean())
+    loss = float(nn.functional.cross_entropy(logits, yt))
+    return acc, loss
