@@ -66,7 +66,7 @@ def train_local(
             if clip_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
             steps += 1
             if (after_step is not None and after_step(model)) or steps == max_steps:
                 return LocalTrainResult(total / steps, steps)

@@ -1,0 +1,31 @@
+"""Mock Flower replies, built the way Flower's own strategy tests build them."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from flwr.app import ArrayRecord, Error, Message, Metadata, MetricRecord, RecordDict
+
+_ids = itertools.count()
+
+
+def _metadata(src_node_id: int) -> Metadata:
+    return Metadata(run_id=1, message_id=f"m{next(_ids)}", src_node_id=src_node_id, dst_node_id=0,
+                    reply_to_message_id="", group_id="", created_at=0.0, ttl=100.0, message_type="train")
+
+
+def train_reply(partition_id: int, num_examples: int, weights: list[np.ndarray], loss: float = 1.0,
+                epochs: float = 1.0) -> Message:
+    """A successful train reply from the node holding ``partition_id`` (node id = 100 + pid)."""
+    content = RecordDict({
+        "arrays": ArrayRecord([np.asarray(w, dtype=np.float32) for w in weights]),
+        "metrics": MetricRecord({"num-examples": num_examples, "partition-id": partition_id,
+                                 "train-loss": loss, "local-epochs": epochs, "local-steps": 1}),
+    })
+    return Message(content, metadata=_metadata(100 + partition_id))
+
+
+def error_reply(partition_id: int, reason: str = "ClientApp raised") -> Message:
+    """An error reply, as the Simulation Engine returns when a ClientApp raises."""
+    return Message(Error(code=0, reason=reason), metadata=_metadata(100 + partition_id))
