@@ -14,7 +14,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedunlearn.clients import BEHAVIOURS
+from fedunlearn.clients import BEHAVIOURS, ClientRequest
 from fedunlearn.config import config_from_dict
 from fedunlearn.data import federated_data
 from fedunlearn.models import build_model
@@ -48,7 +48,9 @@ def train(msg: Message, context: Context) -> Message:
     data, model = _federation(str(config["federation"]))
     set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
     behaviour = BEHAVIOURS[str(config.get("behaviour", "train"))]
-    run = behaviour(model, data.clients[pid], config, client_seed(int(config["seed"]), int(config["server-round"]), pid))
+    extra = {k: r.to_numpy_ndarrays() for k, r in msg.content.array_records.items() if k != "arrays"}
+    request = ClientRequest(config, client_seed(int(config["seed"]), int(config["server-round"]), pid), extra)
+    run = behaviour(model, data.clients[pid], request)
     metrics = MetricRecord({
         "num-examples": data.clients[pid].num_examples,
         "partition-id": pid,

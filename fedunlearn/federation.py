@@ -43,9 +43,10 @@ QUIET_ENV = {
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
 
-# The in-memory grid sleeps this long between pulls for replies (Flower's default is 0.1 s, which
-# is most of a round's cost for small models: see docs/benchmarks.md).
+# Flower's in-memory grid sleeps 0.1 s between pulls for replies, and the simulated SuperNodes poll
+# for new messages every 0.1 s: for small models that is most of a round (docs/benchmarks.md).
 PULL_INTERVAL_S = 0.005
+NODE_POLL_S = 0.005
 
 
 class FederationError(RuntimeError):
@@ -110,6 +111,30 @@ def quiet_environment() -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
 
 
+def _fast_node_polling() -> None:
+    """Make the simulated SuperNodes poll for messages every NODE_POLL_S instead of 0.1 s.
+
+    Replaces flwr 1.41's ``vce_api.add_messages_to_queue`` (same body, shorter wait); the pin
+    ``flwr<1.42`` in pyproject keeps that function's shape known. Left alone if it changed.
+    """
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    original = vce_api.add_messages_to_queue
+    if getattr(original, "fedunlearn_patched", False) or \
+            original.__code__.co_varnames[:4] != ("state", "queue", "nodes_mapping", "f_stop"):
+        return
+
+    def add_messages_to_queue(state, queue, nodes_mapping, f_stop) -> None:
+        while not f_stop.is_set():
+            for node_id in nodes_mapping.keys():
+                for msg in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(msg)
+            f_stop.wait(NODE_POLL_S)
+
+    add_messages_to_queue.fedunlearn_patched = True
+    vce_api.add_messages_to_queue = add_messages_to_queue
+
+
 def backend_config(sim: SimulationConfig) -> dict:
     """Ray backend settings: client resources, and a private local cluster unless an address is given."""
     init_args: dict = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
@@ -126,6 +151,7 @@ def run_federation(num_clients: int, sim: SimulationConfig, job: Callable[[Feder
     An exception raised by ``job`` is re-raised here after the simulation has shut down.
     """
     quiet_environment()
+    _fast_node_polling()
     from flwr.simulation import run_simulation
 
     from fedunlearn.client_app import app as client_app

@@ -59,11 +59,15 @@ class RunDir:
         if lines:
             atomic_write_text(self.failures, "\n".join(lines) + "\n")
 
-    def save_checkpoint(self, weights: list[np.ndarray], server_round: int) -> None:
-        atomic_savez(self.checkpoint, round=np.int64(server_round), **{f"a{i}": w for i, w in enumerate(weights)})
+    def snapshot(self, server_round: int) -> Path:
+        """Where the model at a forget request's round is kept."""
+        return self.path / "checkpoint" / f"round{server_round}.npz"
 
-    def load_checkpoint(self) -> tuple[list[np.ndarray], int]:
-        """(weights, round) of the last checkpoint; FileNotFoundError when there is none."""
-        with np.load(self.checkpoint) as f:
+    def save_checkpoint(self, weights: list[np.ndarray], server_round: int, path: Path | None = None) -> None:
+        atomic_savez(path or self.checkpoint, round=np.int64(server_round), **{f"a{i}": w for i, w in enumerate(weights)})
+
+    def load_checkpoint(self, path: Path | None = None) -> tuple[list[np.ndarray], int]:
+        """(weights, round) of the last checkpoint (or of ``path``); FileNotFoundError when there is none."""
+        with np.load(path or self.checkpoint) as f:
             weights = [f[f"a{i}"] for i in range(len(f.files) - 1)]
             return weights, int(f["round"])

@@ -122,25 +122,33 @@ class PseudoGradientStore:
         return self._cache_bytes
 
     # -- persistence -----------------------------------------------------------------------
-    def save(self) -> None:
-        """Write the latest Δs and the history index to ``directory`` (atomically, each file)."""
+    def copy_latest_from(self, other: PseudoGradientStore) -> None:
+        """Start from ``other``'s latest Δ of every client (a strategy's own store forks the run's)."""
+        self._latest.update(other._latest)
+
+    def save(self, tag: str = "") -> None:
+        """Write the latest Δs and the history index to ``directory`` (atomically, each file).
+
+        A ``tag`` writes a named snapshot (``latest{tag}.npz``, ``store{tag}.json``) beside the
+        current one, e.g. the state at a forget request's round.
+        """
         arrays: dict[str, np.ndarray] = {}
         meta = {}
         for pid, pg in self._latest.items():
             meta[str(pid)] = [pg.server_round, pg.num_examples, len(pg.delta)]
             arrays.update({f"c{pid}_{i}": a for i, a in enumerate(pg.delta)})
-        atomic_savez(self.directory / "latest.npz", **arrays)
+        atomic_savez(self.directory / f"latest{tag}.npz", **arrays)
         index = {str(pid): {str(r): n for r, n in rounds.items()} for pid, rounds in self._index.items()}
-        atomic_write_text(self.directory / "store.json", json.dumps(
+        atomic_write_text(self.directory / f"store{tag}.json", json.dumps(
             {"latest": meta, "history": index, "keep_history": self.keep_history, "dtype": self.dtype.name}))
 
     @classmethod
-    def load(cls, directory: str | Path, ram_budget_bytes: int = 256 * 2**20) -> PseudoGradientStore:
-        """Reopen a store written by :meth:`save`."""
+    def load(cls, directory: str | Path, ram_budget_bytes: int = 256 * 2**20, tag: str = "") -> PseudoGradientStore:
+        """Reopen a store written by :meth:`save` (with the same ``tag``)."""
         directory = Path(directory)
-        info = json.loads((directory / "store.json").read_text())
+        info = json.loads((directory / f"store{tag}.json").read_text())
         store = cls(directory, info["keep_history"], ram_budget_bytes, info["dtype"])
-        with np.load(directory / "latest.npz") as f:
+        with np.load(directory / f"latest{tag}.npz") as f:
             for pid, (rnd, n, count) in info["latest"].items():
                 store._latest[int(pid)] = PseudoGradient(int(pid), rnd, n, [f[f"c{pid}_{i}"] for i in range(count)])
         store._index = {int(p): {int(r): n for r, n in rs.items()} for p, rs in info["history"].items()}

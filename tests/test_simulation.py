@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 
 from fedunlearn.config import load_config
 from fedunlearn.federation import run_federation
-from fedunlearn.phases.train import local_recipe, train_phase
+from fedunlearn.phases.train import train_phase
 from fedunlearn.results import read_csv
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import RecordingFedAvg, TooFewClientsError
@@ -73,10 +73,11 @@ def sim(tmp_path_factory):
         train_phase(fed, short, tmp / "d", log=lambda *_: None)
         out["d"] = train_phase(fed, cfg, tmp / "d", resume=True, log=lambda *_: None)
         arrays = ArrayRecord(out["a"].weights)
-        lenient = FailingFedAvg(PseudoGradientStore(), fed.node_of, range(4), 0, local_recipe(cfg), min_train_nodes=3)
+        lenient = FailingFedAvg.from_config(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, min_train_clients=3)),
+                                           PseudoGradientStore(), fed.node_of, range(4))
         _, out["lenient_metrics"] = fed.train_round(lenient, arrays, 1, ConfigRecord())
         out["lenient_report"] = lenient.report
-        strict = FailingFedAvg(PseudoGradientStore(), fed.node_of, range(4), 0, local_recipe(cfg))
+        strict = FailingFedAvg.from_config(cfg, PseudoGradientStore(), fed.node_of, range(4))
         try:
             fed.train_round(strict, arrays, 1)
         except TooFewClientsError as err:

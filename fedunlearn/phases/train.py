@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,45 +9,13 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord
 
-from fedunlearn.config import ExperimentConfig, config_to_dict
-from fedunlearn.data import FederatedData, federated_data
+from fedunlearn.config import ExperimentConfig
+from fedunlearn.data import federated_data
+from fedunlearn.evaluation import Scorer
 from fedunlearn.federation import Federation
-from fedunlearn.models import build_model
 from fedunlearn.results import RunDir, read_csv
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import RecordingFedAvg
-from fedunlearn.training import evaluate, get_weights, set_weights
-
-
-def federation_spec(cfg: ExperimentConfig) -> str:
-    """What a client needs to rebuild its data and model, as the JSON string clients cache on."""
-    raw = config_to_dict(cfg)
-    return json.dumps({"seed": cfg.seed, "data": raw["data"], "model": raw["model"]}, sort_keys=True)
-
-
-def local_recipe(cfg: ExperimentConfig) -> dict:
-    """The config every training client receives: federation spec and local SGD recipe."""
-    t = cfg.train
-    return {"federation": federation_spec(cfg), "behaviour": "train", "local-epochs": t.local_epochs,
-            "batch-size": t.batch_size, "lr": t.lr, "momentum": t.momentum}
-
-
-class GlobalEvaluator:
-    """Server-side evaluation of weight lists on held-out data (one model, built once)."""
-
-    def __init__(self, cfg: ExperimentConfig, data: FederatedData) -> None:
-        self.data = data
-        self.model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
-
-    def initial_weights(self) -> list[np.ndarray]:
-        return get_weights(self.model)
-
-    def accuracy_loss(self, weights: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        set_weights(self.model, weights)
-        return evaluate(self.model, x, y)
-
-    def test(self, weights: list[np.ndarray]) -> tuple[float, float]:
-        return self.accuracy_loss(weights, self.data.x_test, self.data.y_test)
 
 
 @dataclass
@@ -77,7 +44,7 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, resume:
     """
     run = RunDir(out)
     data = federated_data(cfg.data, cfg.seed)
-    evaluator = GlobalEvaluator(cfg, data)
+    evaluator = Scorer(cfg, data)
     weights, start, rows = evaluator.initial_weights(), 0, []
     if resume and run.checkpoint.exists():
         weights, start = run.load_checkpoint()
@@ -86,9 +53,9 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, resume:
     run.write_config(cfg)
     store = open_store(cfg, run, resume)
     t = cfg.train
-    strategy = RecordingFedAvg(store, fed.node_of, range(cfg.data.num_clients), cfg.seed, local_recipe(cfg),
-                               t.fraction_train, t.min_train_clients, t.server_lr)
+    strategy = RecordingFedAvg.from_config(cfg, store, fed.node_of, range(cfg.data.num_clients))
     failures: list[str] = []
+    snapshot_rounds = {r.round for r in cfg.forget_requests()[:1]}
     arrays = ArrayRecord(weights)
     t0 = time.perf_counter()
     for rnd in range(start + 1, t.rounds + 1):
@@ -100,6 +67,9 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, resume:
         rows.append({"round": rnd, "test_acc": f"{acc:.6f}", "test_loss": f"{loss:.6f}",
                      "train_loss": f"{rep.train_loss:.6f}", "clients": len(rep.succeeded),
                      "failures": len(rep.failures), "wall_s": f"{time.perf_counter() - t0:.3f}"})
+        if rnd in snapshot_rounds:  # the model and latest Δs a forget request starts from
+            store.save(tag=f"_round{rnd}")
+            run.save_checkpoint(weights, rnd, run.snapshot(rnd))
         if rnd % cfg.simulation.checkpoint_every == 0 or rnd == t.rounds:
             store.save()
             run.save_checkpoint(weights, rnd)

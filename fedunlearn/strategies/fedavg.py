@@ -17,6 +17,7 @@ Subclasses change one thing: :meth:`client_config` (what a client is asked to do
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedunlearn.config import ExperimentConfig, config_to_dict
 from fedunlearn.store import PseudoGradientStore
 
 Weights = list[np.ndarray]
@@ -151,6 +153,14 @@ class RecordingFedAvg(FedAvg):
         """FedAvg in pseudo-gradient space: w + η_s Σ (n_k/N) Δ_k, summed in partition-id order."""
         return weighted_step(global_weights, [(u.num_examples, u.delta) for u in updates], self.server_lr)
 
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, store: PseudoGradientStore, node_of: dict[int, int],
+                    participants: Sequence[int], **kwargs) -> RecordingFedAvg:
+        """The experiment's FedAvg recipe over ``participants`` (extra kwargs go to subclasses)."""
+        t = cfg.train
+        return cls(store, node_of, participants, cfg.seed, local_recipe(cfg), t.fraction_train, t.min_train_clients,
+                   t.server_lr, **kwargs)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         updates = self.collect(server_round, replies)
@@ -160,12 +170,30 @@ class RecordingFedAvg(FedAvg):
         return ArrayRecord(new), metrics
 
 
-def weighted_step(weights: Weights, contributions: Sequence[tuple[float, Weights]], scale: float) -> Weights:
-    """w + scale · Σ_i (n_i / Σ_j n_j) · Δ_i, accumulated in the given order, in float32."""
-    total = float(sum(n for n, _ in contributions))
+def apply_updates(weights: Weights, terms: Sequence[tuple[float, Weights]]) -> Weights:
+    """w + Σ_i c_i · Δ_i, accumulated in the given order, in float32."""
     out = [w.astype(np.float32, copy=True) for w in weights]
-    for n, delta in contributions:
-        factor = np.float32(scale * n / total)
+    for coef, delta in terms:
+        factor = np.float32(coef)
         for o, d in zip(out, delta, strict=True):
             o += factor * d
     return out
+
+
+def weighted_step(weights: Weights, contributions: Sequence[tuple[float, Weights]], scale: float) -> Weights:
+    """w + scale · Σ_i (n_i / Σ_j n_j) · Δ_i, accumulated in the given order, in float32."""
+    total = float(sum(n for n, _ in contributions))
+    return apply_updates(weights, [(scale * n / total, d) for n, d in contributions])
+
+
+def federation_spec(cfg: ExperimentConfig) -> str:
+    """What a client needs to rebuild its data and model, as the JSON string clients cache on."""
+    raw = config_to_dict(cfg)
+    return json.dumps({"seed": cfg.seed, "data": raw["data"], "model": raw["model"]}, sort_keys=True)
+
+
+def local_recipe(cfg: ExperimentConfig) -> dict:
+    """The config every training client receives: federation spec and local SGD recipe."""
+    t = cfg.train
+    return {"federation": federation_spec(cfg), "behaviour": "train", "local-epochs": t.local_epochs,
+            "batch-size": t.batch_size, "lr": t.lr, "momentum": t.momentum}

@@ -1,0 +1,209 @@
+"""Flower simulation against a plain sequential PyTorch loop doing the same training.
+
+For each setting, the same clients, data, recipe, seeds and sorted aggregation run twice in one
+process: once as a plain loop (clients trained one after the other, no Flower, no Ray) and once
+as a Flower simulation on the Ray backend. Reported: seconds per round (median after the first),
+their ratio, Ray start-up, simulation start-up and shutdown, peak resident memory of this process
+and all its descendants (Ray's processes included), and the largest difference between the two
+final models (0 means the simulation reproduced the plain loop exactly).
+
+    python benchmarks/sim_overhead.py [--rounds 15] [--out docs/benchmarks-latest.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import struct
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedunlearn import federation
+from fedunlearn.config import load_config
+from fedunlearn.data import federated_data
+from fedunlearn.federation import backend_config, quiet_environment, run_federation
+from fedunlearn.models import build_model
+from fedunlearn.phases.train import train_phase
+from fedunlearn.strategies import weighted_step
+from fedunlearn.training import evaluate, get_weights, set_weights, train_local
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_rss_bytes(root_pid: int) -> int:
+    """Resident memory of ``root_pid`` and all its descendants, read from /proc."""
+    parent, rss = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            rss[int(entry)] = int(Path(f"/proc/{entry}/statm").read_text().split()[1]) * PAGE
+        except (OSError, ValueError, IndexError):
+            continue
+    total = 0
+    for pid in rss:
+        p = pid
+        while p and p != root_pid:
+            p = parent.get(p, 0)
+        if p == root_pid:
+            total += rss[pid]
+    return total
+
+
+class PeakMemory:
+    """Samples the process tree's resident memory every 0.2 s while in use."""
+
+    def __enter__(self):
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_bytes(os.getpid()))
+            self._stop.wait(0.2)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def plain_loop(cfg, threads: int) -> tuple[list[float], list[np.ndarray]]:
+    """FedAvg as a plain sequential loop: same seeds, same sorted aggregation, same evaluation.
+
+    With one torch thread it computes exactly what the simulation's actors compute (each actor is
+    given one CPU, so one thread); more threads change the order of float sums inside kernels.
+    """
+    import torch
+
+    from fedunlearn.client_app import client_seed
+
+    torch.set_num_threads(threads)
+    data = federated_data(cfg.data, cfg.seed)
+    server = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
+    client = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
+    weights, times, t = get_weights(server), [], cfg.train
+    for rnd in range(1, t.rounds + 1):
+        t0 = time.perf_counter()
+        contributions = []
+        for pid, cd in enumerate(data.clients):
+            set_weights(client, weights)
+            train_local(client, cd.x_train, cd.y_train, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
+                        momentum=t.momentum, seed=client_seed(cfg.seed, rnd, pid))
+            contributions.append((cd.num_examples, [w - g for w, g in zip(get_weights(client), weights, strict=True)]))
+        weights = weighted_step(weights, contributions, t.server_lr)
+        set_weights(server, weights)
+        evaluate(server, data.x_test, data.y_test)
+        times.append(time.perf_counter() - t0)
+    return times, weights
+
+
+def simulation(cfg, out: Path) -> dict:
+    """The same training as a Flower simulation; Ray is started here so its start-up is timed apart."""
+    import ray
+
+    quiet_environment()
+    t0 = time.perf_counter()
+    ray.init(**backend_config(cfg.simulation)["init_args"])
+    ray_s = time.perf_counter() - t0
+    marks = {}
+
+    def job(fed):
+        marks["ready"] = time.perf_counter()
+        result = train_phase(fed, cfg, out, log=lambda *_: None)
+        marks["done"] = time.perf_counter()
+        return result
+
+    t1 = time.perf_counter()
+    result = run_federation(cfg.data.num_clients, cfg.simulation, job)
+    end = time.perf_counter()
+    walls = [float(r["wall_s"]) for r in result.rows]
+    rounds = [walls[0]] + [b - a for a, b in zip(walls, walls[1:], strict=False)]
+    return {"ray_s": ray_s, "startup_s": marks["ready"] - t1, "shutdown_s": end - marks["done"],
+            "rounds": rounds, "weights": result.weights}
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def digits_as_mnist(root: Path) -> None:
+    """Write scikit-learn's digits upscaled to 28x28 as MNIST IDX files (loaded by the mnist loader)."""
+    from fedunlearn.data.sources import load_digits_dataset
+
+    ds = load_digits_dataset(None, 0)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, x, y in (("train", ds.x_train, ds.y_train), ("t10k", ds.x_test, ds.y_test)):
+        big = np.kron(x[:, 0], np.ones((3, 3)))  # 24x24
+        big = np.pad(big, ((0, 0), (2, 2), (2, 2))) * 255
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", big)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", y)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="fedunlearn-bench-"))
+    digits_as_mnist(tmp / "mnist")
+    overrides = {
+        "default (digits 8x8, cnn)": [f"train.rounds={args.rounds}"],
+        "light: digits cnn, 1 epoch, batch 64": [f"train.rounds={args.rounds}", "train.local_epochs=1",
+                                                 "train.batch_size=64"],
+        "cnn on 28x28 (digits upscaled, mnist loader)": [
+            f"train.rounds={args.rounds}", "data.name=mnist", f"data.root={tmp / 'mnist'}"],
+    }
+    settings = {name: load_config(ROOT / "experiments/default.toml", o) for name, o in overrides.items()}
+    lines = ["| setting | variant | s/round (median after round 1) | ratio to best plain loop | "
+             "Ray start-up s | sim start-up s | shutdown s | peak MB (all processes) | max abs weight diff to plain, 1 thread |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for i, (name, cfg) in enumerate(settings.items()):
+        rows = []
+        for threads in (1, 2):
+            print(f"[{name}] plain loop, {threads} thread(s) ...", file=sys.stderr, flush=True)
+            with PeakMemory() as mem:
+                times, weights = plain_loop(cfg, threads)
+            rows.append((f"plain loop, {threads} torch thread(s)", statistics.median(times[1:]), None, mem.peak, weights))
+        reference = rows[0][4]
+        fast = federation.PULL_INTERVAL_S
+        variants = {
+            "simulation, 2 actors x 1 CPU (fedunlearn's 5 ms polling)": ([], fast),
+            "simulation, 1 actor x 2 CPUs": (["simulation.num_cpus=2"], fast),
+            "simulation, 2 actors x 1 CPU, Flower's 0.1 s polling": ([], 0.1),
+        }
+        for j, (variant, (extra, poll)) in enumerate(variants.items()):
+            print(f"[{name}] {variant} ...", file=sys.stderr, flush=True)
+            vcfg = load_config(ROOT / "experiments/default.toml", [*overrides[name], *extra])
+            federation.PULL_INTERVAL_S = federation.NODE_POLL_S = poll
+            with PeakMemory() as mem:
+                sim = simulation(vcfg, tmp / f"run{i}-{j}")
+            federation.PULL_INTERVAL_S = federation.NODE_POLL_S = fast
+            rows.append((variant, statistics.median(sim["rounds"][1:]), sim, mem.peak, sim["weights"]))
+        best = min(r[1] for r in rows[:2])
+        for variant, per_round, sim, peak, weights in rows:
+            diff = max(float(np.abs(a - b).max()) for a, b in zip(reference, weights, strict=True))
+            timing = (f"{sim['ray_s']:.1f} | {sim['startup_s']:.1f} | {sim['shutdown_s']:.1f}" if sim else "- | - | -")
+            lines.append(f"| {name} | {variant} | {per_round:.3f} | {per_round / best:.2f} | {timing} | "
+                         f"{peak / 2**20:.0f} | {diff:.1e} |")
+            print(lines[-1], file=sys.stderr, flush=True)
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        args.out.write_text(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""What every unlearning strategy is given (:class:`UnlearningContext`) and must provide
+(:class:`Unlearner`).
+
+An unlearner turns the global model at a forget request into a model without the forgotten
+clients' influence, running whatever Flower rounds it needs through ``ctx.next_round`` (which the
+forget phase wires to the federation, with cost accounting and a NaN/Inf check). Recovery rounds
+after the step are the phase's business; an unlearner only says whether it wants them and with
+which strategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedunlearn.config import ExperimentConfig, ForgettingConfig
+from fedunlearn.store import PseudoGradient, PseudoGradientStore
+from fedunlearn.strategies.fedavg import RecordingFedAvg, Weights
+
+
+class UnlearningError(RuntimeError):
+    """An unlearning step left weights that cannot be used (NaN or Inf), or lacks what it needs."""
+
+
+@dataclass
+class UnlearningContext:
+    """The state of the federation when a forget request arrives.
+
+    Attributes
+    ----------
+    cfg
+        The experiment.
+    node_of
+        Partition id -> node id in the running simulation.
+    weights
+        The global model when the request arrives.
+    clock
+        Number of the last round run so far (rounds are numbered on one clock; client seeds
+        depend on it).
+    store
+        Latest pseudo-gradient of every client as of the request; also records new rounds.
+    history
+        (store, last round) pairs whose history covers this timeline's past rounds; rounds after a
+        store's last round belong to another timeline and are not used (FedEraser).
+    forgotten
+        This request's clients.
+    remaining
+        The clients left in the federation after it.
+    init_weights
+        The initial global model of the training run.
+    run_round
+        ``(strategy, weights, round, phase) -> weights``: one Flower round, supplied by the phase.
+    notes
+        Facts a strategy reports into the results (e.g. which pseudo-gradient PUF used).
+    """
+
+    cfg: ExperimentConfig
+    node_of: dict[int, int]
+    weights: Weights
+    clock: int
+    store: PseudoGradientStore
+    history: Sequence[tuple[PseudoGradientStore, int]]
+    forgotten: list[int]
+    remaining: list[int]
+    init_weights: Weights
+    run_round: Callable[[RecordingFedAvg, Weights, int, str], Weights]
+    notes: dict = field(default_factory=dict)
+
+    def next_round(self, strategy: RecordingFedAvg, weights: Weights, phase: str) -> Weights:
+        """Run one round of ``strategy`` from ``weights`` on the next tick of the clock."""
+        self.clock += 1
+        return self.run_round(strategy, weights, self.clock, phase)
+
+    def fedavg(self, participants: Sequence[int] | None = None) -> RecordingFedAvg:
+        """Plain FedAvg with the experiment's recipe over ``participants`` (default: the remaining)."""
+        return RecordingFedAvg.from_config(self.cfg, self.store, self.node_of,
+                                           self.remaining if participants is None else participants)
+
+    def history_rounds(self, partition_id: int) -> list[int]:
+        """Every round with a stored pseudo-gradient of ``partition_id``, over all history stores."""
+        return sorted({r for s, last in self.history for r in s.history_rounds(partition_id) if r <= last})
+
+    def history_get(self, partition_id: int, server_round: int) -> PseudoGradient:
+        for s, last in self.history:
+            if server_round <= last and server_round in s.history_rounds(partition_id):
+                return s.get(partition_id, server_round)
+        raise KeyError(f"no history for client {partition_id} in round {server_round}")
+
+
+class Unlearner:
+    """Base of every unlearning strategy.
+
+    Class attributes say how the forget phase treats it: ``recovers`` (recovery rounds follow the
+    unlearning step), ``from_scratch`` (it ignores the pre-forget model and the request timeline:
+    retrain), ``needs_history`` (it reads past rounds' pseudo-gradients).
+    """
+
+    name = "base"
+    recovers = True
+    from_scratch = False
+    needs_history = False
+
+    def __init__(self, cfg: ForgettingConfig) -> None:
+        self.cfg = cfg
+
+    def step_size(self) -> str:
+        """The setting that scales the unlearning step, named for error messages ('' if none)."""
+        return ""
+
+    def unlearn(self, ctx: UnlearningContext) -> Weights:
+        raise NotImplementedError
+
+    def recovery_strategy(self, ctx: UnlearningContext, recovery_round: int) -> RecordingFedAvg:
+        """The strategy of recovery round ``recovery_round`` (1-based): FedAvg over the remaining."""
+        return ctx.fedavg()
+
+
+def all_finite(weights: Weights) -> bool:
+    return all(np.isfinite(w).all() for w in weights)

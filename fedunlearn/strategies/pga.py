@@ -1,0 +1,100 @@
+"""PGA: projected gradient ascent by the target client (Halimi et al. 2022; ALGORITHMS.md section 5).
+
+1. Reference model from the last round's client models (equal weights), without the targets:
+   w_ref = (K·w̄ − Σ_u w_u)/(K − |U|)  (for one target: (K·w̄ − w_u)/(K − 1)).
+   Client models are rebuilt as w_k = w_prev + Δ_k, with w_prev, the global model sent in that
+   round, recovered from the aggregate: w_prev = w_t − η_s Σ (n_k/N) Δ_k.
+2. Radius δ = sqrt(mean over ``pga_radius_inits`` random inits of ‖w_ref − w_rand‖² / 3).
+3. The target runs projected gradient ascent from w_ref (client side: ``clients/ascent.py``); the
+   result is the new global model. Several targets ascend one after the other, each projected
+   around the same w_ref. Recovery rounds follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+
+from fedunlearn.models import build_model
+from fedunlearn.strategies.base import Unlearner, UnlearningContext, UnlearningError
+from fedunlearn.strategies.fedavg import ClientUpdate, RecordingFedAvg, Weights, apply_updates
+from fedunlearn.training import get_weights
+
+
+class PGARound(RecordingFedAvg):
+    """One round in which only ``target`` trains, with the ascent behaviour, from w_ref."""
+
+    def __init__(self, *args, target: int, target_model: Weights, radius: float, pga: dict, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.target, self.target_model, self.radius, self.pga = target, target_model, radius, pga
+
+    def sample(self, server_round: int) -> list[int]:
+        return [self.target]
+
+    def client_config(self, partition_id: int, config: ConfigRecord) -> ConfigRecord:
+        config.update({"behaviour": "ascent", "pga-radius": self.radius, **self.pga})
+        return config
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        for m in messages:
+            m.content["target-model"] = ArrayRecord(self.target_model)
+        return messages
+
+    def combine(self, server_round: int, global_weights: Weights, updates: list[ClientUpdate]) -> Weights:
+        return apply_updates(global_weights, [(1.0, u.delta) for u in updates])  # the target's model
+
+
+def l2_sq(a: Weights, b: Weights) -> float:
+    return float(sum(np.sum((x.astype(np.float64) - y) ** 2) for x, y in zip(a, b, strict=True)))
+
+
+def reference_model(ctx: UnlearningContext) -> tuple[Weights, dict[int, Weights]]:
+    """(w_ref, {target: w_u}) from the latest round's client models."""
+    latest = [ctx.store.latest(p) for p in ctx.store.clients() if p in ctx.remaining or p in ctx.forgotten]
+    last_round = max(pg.server_round for pg in latest)
+    members = [pg for pg in latest if pg.server_round == last_round]
+    missing = [u for u in ctx.forgotten if u not in {pg.partition_id for pg in members}]
+    if missing or len(members) <= len(ctx.forgotten):
+        raise UnlearningError(f"pga: needs the targets {missing or ctx.forgotten} and at least one other client "
+                              f"to have trained in the last round ({last_round}); use train.fraction_train = 1")
+    n = float(sum(pg.num_examples for pg in members))
+    w_prev = apply_updates(ctx.weights, [(-ctx.cfg.train.server_lr * pg.num_examples / n, pg.delta) for pg in members])
+    models = {pg.partition_id: apply_updates(w_prev, [(1.0, pg.delta)]) for pg in members}
+    others = [w for p, w in models.items() if p not in ctx.forgotten]
+    w_ref = apply_updates([np.zeros_like(w) for w in w_prev], [(1.0 / len(others), w) for w in others])
+    return w_ref, {u: models[u] for u in ctx.forgotten}
+
+
+class PGA(Unlearner):
+    name = "pga"
+
+    def step_size(self) -> str:
+        return f"forgetting.pga_lr = {self.cfg.pga_lr}"
+
+    def radius(self, ctx: UnlearningContext, w_ref: Weights) -> float:
+        from fedunlearn.data import federated_data
+
+        data = federated_data(ctx.cfg.data, ctx.cfg.seed)
+        dists = [l2_sq(w_ref, get_weights(build_model(ctx.cfg.model, data.input_shape, data.num_classes,
+                                                      int(np.random.SeedSequence([ctx.cfg.seed, 7, i]).generate_state(1)[0]))))
+                 for i in range(self.cfg.pga_radius_inits)]
+        return float(np.sqrt(np.mean(dists) / 3.0))
+
+    def unlearn(self, ctx: UnlearningContext) -> Weights:
+        f = self.cfg
+        w_ref, targets = reference_model(ctx)
+        radius = self.radius(ctx, w_ref)
+        pga = {"pga-lr": f.pga_lr, "pga-momentum": f.pga_momentum, "pga-clip": f.pga_clip,
+               "pga-epochs": f.pga_epochs, "pga-distance-threshold": f.pga_distance_threshold}
+        weights = w_ref
+        for u, w_u in targets.items():
+            strategy = PGARound.from_config(ctx.cfg, ctx.store, ctx.node_of, [u], target=u, target_model=w_u,
+                                            radius=radius, pga=pga)
+            weights = ctx.next_round(strategy, weights, "unlearn")
+        ctx.notes["pga_radius"] = f"{radius:.4f}"
+        return weights

@@ -1,0 +1,78 @@
+"""Every forgetting guard, through the CLI: exit code 2, one line naming the field, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedunlearn.cli import main
+from fedunlearn.config import config_to_dict, load_config, to_toml
+from fedunlearn.results import RunDir
+from fedunlearn.store import PseudoGradientStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def trained_run(tmp_path) -> Path:
+    """A run folder as `fedunlearn train` leaves it (10 clients, 30 rounds, no history), made directly."""
+    cfg = load_config(ROOT / "experiments/default.toml")
+    run = RunDir(tmp_path / "run")
+    run.config.parent.mkdir(parents=True)
+    run.config.write_text(to_toml(config_to_dict(cfg)))
+    run.save_checkpoint([], 30)
+    PseudoGradientStore(run.store).save()
+    return run.path
+
+
+def cli(capsys, *argv) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return code, err[0]
+
+
+def test_unknown_client_id(trained_run, capsys, tmp_path):
+    code, err = cli(capsys, "forget", trained_run, "--client", 12, "--strategy", "puf", "--out", tmp_path / "o")
+    assert code == 2 and "--client: unknown client id 12" in err and "0..9" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_forgetting_every_client(trained_run, capsys, tmp_path):
+    argv = ["forget", trained_run, "--strategy", "puf", "--out", tmp_path / "o"]
+    for c in range(10):
+        argv += ["--client", c]
+    code, err = cli(capsys, *argv)
+    assert code == 2 and "forget every one of the 10 clients" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_strategy_needing_history_on_a_run_without_it(trained_run, capsys, tmp_path):
+    code, err = cli(capsys, "forget", trained_run, "--client", 1, "--strategy", "federaser", "--out", tmp_path / "o")
+    assert code == 2 and "federaser needs the pseudo-gradient history" in err and "store.history=true" in err
+
+
+def test_unknown_strategy_and_missing_run(trained_run, capsys, tmp_path):
+    code, err = cli(capsys, "forget", trained_run, "--client", 1, "--strategy", "magic")
+    assert code == 2 and "--strategy: unknown strategy 'magic'" in err
+    code, err = cli(capsys, "forget", tmp_path / "nothing", "--client", 1, "--strategy", "puf")
+    assert code == 2 and "RUN_DIR" in err
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["forget=[{clients=[0], round=50}]"], "forget[0].round: 50 is not a round the run reached (1..30)"),
+    (["forget=[{clients=[0], round=10}, {clients=[0], round=20}]"], "client 0 is already forgotten"),
+    (["forget=[{clients=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}]"], "forget every one of the 10 clients"),
+    (["forget=[{clients=[10]}]"], "forget[0].clients: unknown client id 10"),
+    (["forget=[{clients=[0]}]", "forgetting.strategies=['federaser']"], "federaser needs the pseudo-gradient history"),
+    (["forgetting.strategies=['puf']"], "forget: the experiment has no [[forget]] request"),
+    (["forget=[{clients=[0]}]", "forgetting.puf_eta=-1"], "forgetting.puf_eta: must be > 0"),
+])
+def test_run_guards(capsys, tmp_path, overrides, message):
+    argv = ["run", ROOT / "experiments/default.toml", "--out", tmp_path / "o"]
+    for o in overrides:
+        argv += ["--set", o]
+    code, err = cli(capsys, *argv)
+    assert code == 2 and message in err
+    assert not (tmp_path / "o").exists()
