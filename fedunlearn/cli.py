@@ -3,6 +3,8 @@
     fedunlearn train EXPERIMENT.toml [--set key=value ...] [--out DIR] [--resume]
     fedunlearn forget RUN_DIR --client 3 [--client 7] --strategy puf-ieu [--recovery-rounds R] [--set ...] [--out DIR]
     fedunlearn run EXPERIMENT.toml [--seeds N] [--set key=value ...] [--out DIR]
+    fedunlearn probe RUN_DIR --client 3 [--metric backdoor] [--mode all|alone] [--max-rounds R] [--model DIR]
+    fedunlearn plot DIR
 
 Bad input (config, client ids, data root, run folder, a step size that makes weights NaN) prints
 one line naming the field and the fix and exits with code 2; nothing is half-written.
@@ -19,6 +21,8 @@ from fedunlearn.config import (
     ConfigError,
     ExperimentConfig,
     ForgetRequest,
+    config_from_dict,
+    config_to_dict,
     load_config,
     validate_requests,
 )
@@ -138,7 +142,57 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{[r.clients for r in cfg.forget_requests()]}, {args.seeds} seed(s) -> {out}")
     rows = run_federation(cfg.data.num_clients, cfg.simulation, lambda fed: compare(fed, cfg, out, args.seeds))
     print_table(rows)
-    print(f"summary: {out / 'summary.csv'}")
+    _draw(out)
+    return 0
+
+
+def _draw(out: Path) -> None:
+    from fedunlearn.report import draw_all, write_report
+
+    plots = draw_all(out)
+    report = write_report(out, plots)
+    print(f"summary: {out / 'summary.csv'}; plots: {out / 'plots'}; report: {report}")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    out = Path(args.run_dir)
+    if not (out / "summary.csv").exists():
+        raise ConfigError(f"RUN_DIR: {out} has no summary.csv; pass a folder written by `fedunlearn run`")
+    _draw(out)
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Probe the original model of a trained run, or --model (a strategy folder), against it."""
+    from fedunlearn.data import federated_data
+    from fedunlearn.evaluation import Scorer
+    from fedunlearn.federation import run_federation
+    from fedunlearn.phases.compare import write_probes
+    from fedunlearn.phases.probe import probe_models
+    from fedunlearn.results import RunDir
+
+    run = RunDir(args.run_dir)
+    if not run.config.exists() or not run.checkpoint.exists():
+        raise ConfigError(f"RUN_DIR: {args.run_dir} holds no trained run; run `fedunlearn train` first")
+    cfg = load_config(run.config)
+    request = ForgetRequest(sorted(set(args.client)), 1)
+    validate_requests([request], cfg.data.num_clients, 1, "--client")
+    probe = dataclasses.replace(cfg.probe, metric=args.metric, modes=[args.mode],
+                                max_rounds=args.max_rounds or cfg.probe.max_rounds)
+    cfg = config_from_dict(config_to_dict(dataclasses.replace(cfg, probe=probe)))  # re-validated
+    original, _ = run.load_checkpoint()
+    models = {"original": original}
+    for path in args.model or []:
+        models[Path(path).name], _ = RunDir(path).load_checkpoint()
+    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), request.clients)
+    out = Path(args.out) if args.out else run.path / "probe"
+    results = run_federation(cfg.data.num_clients, cfg.simulation,
+                             lambda fed: probe_models(fed, cfg, scorer, original, models))
+    write_probes(out, results)
+    for name, res in results[args.mode].items():
+        print(f"{name}: delay {res.delay_text} {res.unit}{' (censored)' if res.censored else ''}, "
+              f"AUC {res.auc:.3f}")
+    print(f"curves: {out / 'probe' / (args.mode + '.csv')}")
     return 0
 
 
@@ -180,6 +234,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a forgetting setting, e.g. forgetting.puf_eta=10")
     forget.add_argument("--out", help="results folder (default RUN_DIR/forget-STRATEGY)")
     forget.set_defaults(func=cmd_forget)
+
+    probe = sub.add_parser("probe", help="relearning-delay probe of a trained run's model(s)")
+    probe.add_argument("run_dir", help="a folder written by `fedunlearn train` (its model is the original)")
+    probe.add_argument("--client", type=int, action="append", required=True, help="forgotten client id (repeatable)")
+    probe.add_argument("--model", action="append", help="also probe this folder's checkpoint (e.g. a strategy folder)")
+    probe.add_argument("--metric", default="auto", help="forget_acc, forget_loss, backdoor or auto")
+    probe.add_argument("--mode", default="all", choices=["all", "alone"], help="re-add to all clients, or alone (SGD steps)")
+    probe.add_argument("--max-rounds", type=int, help="probe cap R_max (default from the config)")
+    probe.add_argument("--out", help="folder for the curves (default RUN_DIR)")
+    probe.set_defaults(func=cmd_probe)
+
+    plot = sub.add_parser("plot", help="redraw the plots and report.md of a comparison folder")
+    plot.add_argument("run_dir", help="a folder written by `fedunlearn run`")
+    plot.set_defaults(func=cmd_plot)
 
     run = sub.add_parser("run", help="train once, then compare every strategy the experiment lists")
     experiment_args(run)

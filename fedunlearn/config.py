@@ -154,6 +154,28 @@ class ForgettingConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The relearning-delay probe (ALGORITHMS.md section 4).
+
+    From each model, FedAvg rounds run with the forgotten clients re-added (``modes`` has ``"all"``:
+    every client) and the forget metric is measured after every round; the delay is the first
+    round at which it reaches (1 − ``alpha``) times the original model's value ((1 + alpha) for a
+    loss), capped at ``max_rounds`` (censored beyond). Mode ``"alone"`` lets the forgotten clients
+    train alone and counts local SGD steps at ``alone_lr`` (a round relearns a backdoor at once),
+    simulated on the server step by step, capped at ``alone_max_steps``. ``metric = "auto"`` is
+    ``backdoor`` (attack success rate) when the experiment has a backdoor, else ``forget_acc``.
+    """
+
+    enabled: bool = True
+    metric: str = "auto"
+    modes: list[str] = field(default_factory=lambda: ["all"])
+    max_rounds: int = 10
+    alpha: float = 0.05
+    alone_lr: float = 0.002
+    alone_max_steps: int = 30
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment; ``seed`` drives partitions, init, sampling and local training."""
 
@@ -165,6 +187,13 @@ class ExperimentConfig:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     forget: list[ForgetRequest] = field(default_factory=list)
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def probe_metric(self) -> str:
+        """The probe's metric with ``auto`` resolved."""
+        if self.probe.metric != "auto":
+            return self.probe.metric
+        return "backdoor" if self.data.backdoor.clients else "forget_acc"
 
     def forget_requests(self) -> list[ForgetRequest]:
         """The requests in round order, ``round = 0`` resolved to the last training round."""
@@ -313,6 +342,16 @@ def _validate_forgetting(cfg: ExperimentConfig, need) -> None:
     need(0 < f.federaser_calibration_ratio <= 1, "forgetting.federaser_calibration_ratio",
          f"must be in (0, 1] (got {f.federaser_calibration_ratio})")
     validate_requests(cfg.forget_requests(), k, cfg.train.rounds, "forget")
+    p = cfg.probe
+    need(p.metric in ("auto", "forget_acc", "forget_loss", "backdoor"), "probe.metric",
+         f"must be auto, forget_acc, forget_loss or backdoor (got {p.metric!r})")
+    need(p.metric != "backdoor" or bool(cfg.data.backdoor.clients), "probe.metric",
+         "backdoor needs data.backdoor.clients; use forget_acc")
+    need(bool(p.modes) and all(m in ("all", "alone") for m in p.modes), "probe.modes",
+         f"must list 'all' and/or 'alone' (got {p.modes})")
+    need(p.max_rounds >= 1, "probe.max_rounds", f"must be >= 1 (got {p.max_rounds})")
+    need(0 <= p.alpha < 1, "probe.alpha", f"must be in [0, 1) (got {p.alpha})")
+    need(p.alone_lr > 0 and p.alone_max_steps >= 1, "probe.alone_lr/alone_max_steps", "must be positive")
 
 
 def validate_requests(requests: list[ForgetRequest], num_clients: int, last_round: int, where: str) -> None:

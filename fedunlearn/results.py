@@ -3,7 +3,8 @@
 Layout::
 
     DIR/config.toml          the resolved experiment config
-    DIR/rounds.csv           round, test_acc, test_loss, train_loss, clients, failures, wall_s
+    DIR/rounds.csv           round, test_acc, test_loss, forget_acc, backdoor_asr, train_loss, clients,
+                             failures, wall_s (forget_acc on the clients the experiment will forget)
     DIR/failures.log         one line per failed client reply (only when there were any)
     DIR/checkpoint/global.npz  the global weights after the last checkpointed round (key ``round``)
     DIR/store/               the PseudoGradientStore (latest.npz, store.json, history/)
@@ -20,7 +21,8 @@ import numpy as np
 from fedunlearn.config import ExperimentConfig, config_to_dict, to_toml
 from fedunlearn.io import atomic_savez, atomic_write_text
 
-ROUND_COLUMNS = ["round", "test_acc", "test_loss", "train_loss", "clients", "failures", "wall_s"]
+ROUND_COLUMNS = ["round", "test_acc", "test_loss", "forget_acc", "backdoor_asr", "train_loss", "clients", "failures",
+                 "wall_s"]
 
 
 def csv_text(rows: list[dict], columns: list[str]) -> str:

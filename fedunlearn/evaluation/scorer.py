@@ -30,6 +30,7 @@ class Scorer:
     def __init__(self, cfg: ExperimentConfig, data: FederatedData, forgotten: list[int] | None = None) -> None:
         self.cfg, self.data = cfg, data
         self.model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
+        self._initial = get_weights(self.model)  # the model is reused for evaluation: keep its init now
         self.forgotten = sorted(forgotten or [])
         if self.forgotten:
             self.x_retain, self.y_retain = data.retain_set(self.forgotten)
@@ -37,7 +38,8 @@ class Scorer:
             self.y_forget = np.concatenate([data.clients[c].y_train for c in self.forgotten])
 
     def initial_weights(self) -> Weights:
-        return get_weights(self.model)
+        """The seeded initial weights of the experiment's model (the training run's w_0)."""
+        return [w.copy() for w in self._initial]
 
     def on(self, weights: Weights, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """(accuracy, loss) of ``weights`` on (x, y)."""

@@ -1,34 +1,42 @@
-"""The comparison run: train once, then every listed strategy from the same pre-forget snapshot.
+"""The comparison run: train once, then every listed strategy from the same pre-forget snapshot,
+score every model against the retrained one, and probe how fast each relearns.
 
 Layout of ``DIR``::
 
     config.toml                 the resolved experiment
     seed-S/train/               the training run of seed S (rounds.csv, checkpoint, store)
     seed-S/strategies/NAME/     trajectory.csv, result.json, checkpoint/global.npz, store/
+    seed-S/probe/MODE.csv       relearning curves: model, step, value, threshold, unit
     summary.csv, summary.json   one row per strategy and seed, plus ``original``
 
 Retrain runs first: its test accuracy is the recovery target and every metric is also reported
-as its gap to retrain's. A strategy whose result.json exists is not run again (resume).
+as its gap to retrain's (same seed). A strategy whose result.json exists is not run again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from fedunlearn.config import ConfigError, ExperimentConfig
 from fedunlearn.data import federated_data
 from fedunlearn.evaluation import Scorer
+from fedunlearn.evaluation.metrics import METRICS, ModelView, evaluate_all
+from fedunlearn.evaluation.probe import ProbeResult, delay_ratio
 from fedunlearn.federation import Federation
 from fedunlearn.io import atomic_write_text
 from fedunlearn.phases.forget import load_snapshot, run_strategy
+from fedunlearn.phases.probe import probe_models
 from fedunlearn.phases.train import train_phase
 from fedunlearn.results import RunDir, csv_text
 
-SUMMARY_COLUMNS = ["strategy", "seed", "test_acc", "retain_acc", "forget_acc", "backdoor_asr", "recovery_rounds",
-                   "recovery_censored", "rounds", "client_epochs", "bytes_exchanged", "wall_s", "notes"]
-METRIC_COLUMNS = ["test_acc", "retain_acc", "forget_acc", "backdoor_asr"]
+METRIC_COLUMNS = list(METRICS)
+SUMMARY_COLUMNS = ["strategy", "seed", *METRIC_COLUMNS, "recovery_rounds", "recovery_censored", "relearn_delay",
+                   "relearn_censored", "relearn_ratio_to_retrain", "relearn_auc", "relearn_unit", "rounds",
+                   "client_epochs", "bytes_exchanged", "wall_s", "notes"]
+PROBE_COLUMNS = ["model", "step", "value", "threshold", "unit"]
 
 
 def ordered_strategies(cfg: ExperimentConfig) -> list[str]:
@@ -37,31 +45,43 @@ def ordered_strategies(cfg: ExperimentConfig) -> list[str]:
     return ["retrain"] + [n for n in names if n != "retrain"]
 
 
+def gap_columns(columns: list[str]) -> list[str]:
+    return [f"gap_{m}" for m in METRIC_COLUMNS if m in columns]
+
+
 def with_gaps(rows: list[dict]) -> list[dict]:
     """Add ``gap_<metric>`` = |metric − retrain's metric| (same seed) to every row."""
     reference = {r["seed"]: r for r in rows if r["strategy"] == "retrain"}
     for r in rows:
-        ref = reference.get(r["seed"])
+        ref = reference.get(r["seed"], {})
         for m in METRIC_COLUMNS:
-            value, base = r.get(m), ref.get(m) if ref else None
-            r[f"gap_{m}"] = abs(value - base) if isinstance(value, float) and isinstance(base, float) else ""
+            value, base = r.get(m), ref.get(m)
+            ok = isinstance(value, float) and isinstance(base, float) and not math.isnan(value) and not math.isnan(base)
+            r[f"gap_{m}"] = abs(value - base) if ok else ""
     return rows
+
+
+def summary_columns(rows: list[dict]) -> list[str]:
+    extra = sorted({k for r in rows for k in r if k.startswith("relearn_") and k not in SUMMARY_COLUMNS})
+    return SUMMARY_COLUMNS + extra + gap_columns(SUMMARY_COLUMNS)
 
 
 def write_summary(out: Path, rows: list[dict]) -> None:
     rows = with_gaps(rows)
-    columns = SUMMARY_COLUMNS + [f"gap_{m}" for m in METRIC_COLUMNS]
+    columns = summary_columns(rows)
     atomic_write_text(out / "summary.csv", csv_text([{k: fmt(r.get(k, "")) for k in columns} for r in rows], columns))
     atomic_write_text(out / "summary.json", json.dumps([{k: json_value(r.get(k, "")) for k in columns} for r in rows],
                                                         indent=1))
 
 
 def fmt(value) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
 
 
 def json_value(value):
-    if isinstance(value, float) and value != value:  # NaN is not JSON
+    if isinstance(value, float) and math.isnan(value):  # NaN is not JSON
         return None
     return None if value == "" else value
 
@@ -81,21 +101,41 @@ def check_original(cfg: ExperimentConfig, original: dict) -> None:
                           "data.partition) before comparing")
 
 
+def probe_columns(results: dict[str, dict[str, ProbeResult]], name: str) -> dict:
+    """The relearn_* columns of one model; the first mode is unprefixed, others ``relearn_<mode>_*``."""
+    out = {}
+    for i, (mode, by_model) in enumerate(results.items()):
+        res, prefix = by_model[name], "relearn" if i == 0 else f"relearn_{mode}"
+        _, ratio = delay_ratio(res, by_model["retrain"])
+        out.update({f"{prefix}_delay": res.delay_text, f"{prefix}_censored": res.censored,
+                    f"{prefix}_ratio_to_retrain": ratio, f"{prefix}_auc": res.auc, f"{prefix}_unit": res.unit})
+    return out
+
+
+def write_probes(seed_dir: Path, results: dict[str, dict[str, ProbeResult]]) -> None:
+    for mode, by_model in results.items():
+        rows = [{"model": name, "step": i, "value": v, "threshold": r.tau, "unit": r.unit}
+                for name, r in by_model.items() for i, v in enumerate(r.curve)]
+        atomic_write_text(seed_dir / "probe" / f"{mode}.csv", csv_text(rows, PROBE_COLUMNS))
+
+
 def compare_seed(fed: Federation, cfg: ExperimentConfig, out: Path, rows: list[dict], log=print) -> None:
-    """Train (or resume) seed ``cfg.seed`` and run every strategy, adding summary rows to ``rows``
-    and rewriting the summary after each (so a failure loses nothing already done)."""
+    """Train (or resume) seed ``cfg.seed``, run every strategy, score and probe every model.
+
+    Rows go into ``rows`` and the summary is rewritten after each strategy, so a failure loses
+    nothing already done.
+    """
     seed_dir = out / f"seed-{cfg.seed}"
     train_dir = seed_dir / "train"
     log(f"[seed {cfg.seed}] training {cfg.train.rounds} rounds")
-    resume = (train_dir / "checkpoint").exists()
-    trained = train_phase(fed, cfg, train_dir, resume=resume, log=log)
-    data = federated_data(cfg.data, cfg.seed)
+    trained = train_phase(fed, cfg, train_dir, resume=(train_dir / "checkpoint").exists(), log=log)
     forgotten = sorted(c for r in cfg.forget_requests() for c in r.clients)
-    scorer = Scorer(cfg, data, forgotten)
-    snapshot = load_snapshot(cfg, train_dir, cfg.forget_requests()[0].round, scorer.initial_weights())
+    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), forgotten)
     original = scorer.summary_metrics(trained.weights)
     check_original(cfg, original)
-    rows.append({"strategy": "original", "seed": cfg.seed, **original})
+    snapshot = load_snapshot(cfg, train_dir, cfg.forget_requests()[0].round, scorer.initial_weights())
+    seed_rows = [{"strategy": "original", "seed": cfg.seed, **original}]
+    models = {"original": trained.weights}
     retrain_acc = None
     for name in ordered_strategies(cfg):
         sdir = seed_dir / "strategies" / name
@@ -107,15 +147,27 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, out: Path, rows: list[d
             log(f"[seed {cfg.seed}] {name}")
             outcome = run_strategy(fed, cfg, name, snapshot, sdir, retrain_acc, log=log)
             weights, row = outcome.weights, outcome.row()
+        models[name] = weights
         metrics = scorer.summary_metrics(weights)
         if name == "retrain":
             retrain_acc = metrics["test_acc"]
-        rows.append({**row, "seed": cfg.seed, **metrics})
-        write_summary(out, rows)
+        seed_rows.append({**row, "seed": cfg.seed, **metrics})
+        write_summary(out, rows + seed_rows)
+    retrain_view = ModelView.of(scorer, models["retrain"])
+    for r in seed_rows:
+        r.update(evaluate_all(scorer, models[r["strategy"]], retrain_view))
+    if cfg.probe.enabled:
+        log(f"[seed {cfg.seed}] relearning-delay probe ({cfg.probe_metric()}, modes {cfg.probe.modes})")
+        results = probe_models(fed, cfg, scorer, trained.weights, models, log=log)
+        write_probes(seed_dir, results)
+        for r in seed_rows:
+            r.update(probe_columns(results, r["strategy"]))
+    rows += seed_rows
+    write_summary(out, rows)
 
 
 def compare(fed: Federation, cfg: ExperimentConfig, out: str | Path, seeds: int = 1, log=print) -> list[dict]:
-    """The comparison over ``seeds`` seeds (cfg.seed, cfg.seed + 1, ...); writes the summary after each."""
+    """The comparison over ``seeds`` seeds (cfg.seed, cfg.seed + 1, ...)."""
     out = Path(out)
     rows: list[dict] = []
     for s in range(cfg.seed, cfg.seed + seeds):

@@ -44,7 +44,7 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, resume:
     """
     run = RunDir(out)
     data = federated_data(cfg.data, cfg.seed)
-    evaluator = Scorer(cfg, data)
+    evaluator = Scorer(cfg, data, sorted(c for r in cfg.forget_requests() for c in r.clients))
     weights, start, rows = evaluator.initial_weights(), 0, []
     if resume and run.checkpoint.exists():
         weights, start = run.load_checkpoint()
@@ -61,10 +61,12 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, resume:
     for rnd in range(start + 1, t.rounds + 1):
         arrays, _ = fed.train_round(strategy, arrays, rnd)
         weights = arrays.to_numpy_ndarrays()
-        acc, loss = evaluator.test(weights)
+        m = evaluator.round_metrics(weights)
+        acc, loss = m["test_acc"], m["test_loss"]
         rep = strategy.report
         failures += [f"round {rnd}: {f}" for f in rep.failures]
         rows.append({"round": rnd, "test_acc": f"{acc:.6f}", "test_loss": f"{loss:.6f}",
+                     "forget_acc": f"{m['forget_acc']:.6f}", "backdoor_asr": f"{m['backdoor_asr']:.6f}",
                      "train_loss": f"{rep.train_loss:.6f}", "clients": len(rep.succeeded),
                      "failures": len(rep.failures), "wall_s": f"{time.perf_counter() - t0:.3f}"})
         if rnd in snapshot_rounds:  # the model and latest Δs a forget request starts from
