@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines show up even when piped to a file
     from fedunlearn.federation import FederationError
     from fedunlearn.strategies import TooFewClientsError, UnlearningError
 

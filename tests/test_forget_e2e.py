@@ -72,3 +72,12 @@ def test_run_compares_every_strategy(tmp_path, capsys):
     # Resume: a second call reuses every finished strategy and writes the same table.
     assert main(["run", str(ROOT / "experiments/default.toml"), *sets(overrides), "--out", str(out), "--resume"]) == 0
     assert read_csv(out / "summary.csv") == rows
+
+
+def test_probe_command_gives_the_original_model_delay_zero(trained, capsys):
+    assert main(["probe", str(trained), "--client", "1", "--max-rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "original: delay 0 rounds" in out
+    curve = read_csv(trained / "probe" / "all.csv")
+    assert [r["step"] for r in curve] == ["0", "1", "2"]
+    assert float(curve[0]["value"]) >= float(curve[0]["threshold"])

@@ -71,6 +71,11 @@ def accuracy_over_rounds(out: Path, seed_dir: Path, names: list[str], backdoor: 
     return _save(fig, out / "accuracy_over_rounds.png")
 
 
+def curve_label(name: str, delay: str) -> str:
+    """Legend entry of a probe curve; a censored delay ("> R") says so."""
+    return f"{name} (delay {delay}{', censored' if delay.startswith('>') else ''})"
+
+
 def relearning_curves(out: Path, seed_dir: Path, rows: list[dict]) -> Path | None:
     files = sorted((seed_dir / "probe").glob("*.csv"))
     if not files:
@@ -90,7 +95,7 @@ def relearning_curves(out: Path, seed_dir: Path, rows: list[dict]) -> Path | Non
         for name, pts in curves.items():
             delay = censored.get(name, {}).get(f"{prefix}_delay", "")
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=colors[name],
-                    label=f"{name} (delay {delay}{', censored' if delay.startswith('>') else ''})")
+                    label=curve_label(name, delay))
         ax.axhline(_f(data[0]["threshold"]), color="black", ls=":", lw=1, label="threshold (1 - alpha) x original")
         unit = data[0]["unit"]
         ax.set_title(f"Relearning the forgotten clients: mode '{mode}' ({seed_dir.name})")
