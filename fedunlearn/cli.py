@@ -24,6 +24,7 @@ from fedunlearn.config import (
     config_from_dict,
     config_to_dict,
     load_config,
+    strategy_variant,
     validate_requests,
 )
 
@@ -78,11 +79,12 @@ def _forget_config(args: argparse.Namespace) -> tuple[ExperimentConfig, int]:
         raise ConfigError(f"--set {bad[0]}: forget only takes forgetting.* overrides; the federation is the trained run's")
     cfg = load_config(run.config, args.set)
     _, last_round = run.load_checkpoint()
-    if args.strategy not in STRATEGIES:
+    if args.strategy.partition("@")[0] not in STRATEGIES:
         raise ConfigError(f"--strategy: unknown strategy {args.strategy!r}; choose from {sorted(STRATEGIES)}")
+    strategy_variant(args.strategy, cfg.forgetting)
     request = ForgetRequest(sorted(set(args.client)), last_round)
     validate_requests([request], cfg.data.num_clients, last_round, "--client")
-    if STRATEGIES[args.strategy].needs_history and not cfg.store.history:
+    if STRATEGIES[args.strategy.partition("@")[0]].needs_history and not cfg.store.history:
         raise ConfigError(f"--strategy: {args.strategy} needs the pseudo-gradient history, which {args.run_dir} "
                           "did not keep; train with --set store.history=true")
     forgetting = dataclasses.replace(cfg.forgetting, recovery="fixed",
@@ -130,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if not cfg.forget:
         raise ConfigError("forget: the experiment has no [[forget]] request; add one, e.g. [[forget]] clients = [0]")
-    needs = [n for n in cfg.forgetting.strategies if STRATEGIES[n].needs_history]
+    needs = [n for n in cfg.forgetting.strategies if STRATEGIES[strategy_variant(n, cfg.forgetting)[0]].needs_history]
     if needs and not cfg.store.history:
         raise ConfigError(f"forgetting.strategies: {', '.join(needs)} needs the pseudo-gradient history; "
                           "set store.history = true")

@@ -318,12 +318,34 @@ def _validate(cfg: ExperimentConfig) -> None:
     _validate_forgetting(cfg, need)
 
 
-def _validate_forgetting(cfg: ExperimentConfig, need) -> None:
+def strategy_variant(spec: str, forgetting: ForgettingConfig) -> tuple[str, ForgettingConfig]:
+    """Split ``"puf@puf_eta=40,puf_mode=special"`` into the registered name and its settings.
+
+    A variant is a strategy run with some ``forgetting`` settings changed, so one comparison can
+    sweep a step size; its rows and folder carry the whole spec as their name.
+    """
     from fedunlearn.strategies import STRATEGIES
 
+    name, _, settings = spec.partition("@")
+    if name not in STRATEGIES:
+        raise ConfigError(f"forgetting.strategies: unknown strategy {name!r} in {spec!r}; "
+                          f"choose from {sorted(STRATEGIES)}")
+    raw = config_to_dict(forgetting)
+    for item in filter(None, settings.split(",")):
+        keys, value = _parse_override(item)
+        if len(keys) != 1 or keys[0] not in raw or keys[0] == "strategies":
+            raise ConfigError(f"forgetting.strategies: {item!r} in {spec!r} is not a forgetting setting; "
+                              "write name@key=value,key=value with keys of [forgetting]")
+        raw[keys[0]] = value
+    return name, _build(ForgettingConfig, raw, "forgetting.")
+
+
+def _validate_forgetting(cfg: ExperimentConfig, need) -> None:
     f, k = cfg.forgetting, cfg.data.num_clients
-    for name in f.strategies:
-        need(name in STRATEGIES, "forgetting.strategies", f"unknown strategy {name!r}; choose from {sorted(STRATEGIES)}")
+    for spec in f.strategies:
+        _, variant = strategy_variant(spec, f)
+        if variant != f:
+            _validate_forgetting(dataclasses.replace(cfg, forgetting=dataclasses.replace(variant, strategies=[])), need)
     need(f.recovery in ("until-retrain", "fixed"), "forgetting.recovery",
          f"must be 'until-retrain' or 'fixed' (got {f.recovery!r})")
     need(f.recovery_rounds >= 0, "forgetting.recovery_rounds", f"must be >= 0 (got {f.recovery_rounds})")
@@ -413,12 +435,17 @@ def _toml_value(value: Any) -> str:
 
 
 def to_toml(raw: dict[str, Any], prefix: str = "") -> str:
-    """Serialise a config dict as TOML (scalars first, then one table per nested dict)."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in raw.items() if not isinstance(v, dict)]
+    """Serialise a config dict as TOML: scalars, then a table per dict, an array of tables per list of dicts."""
+
+    def is_table_list(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+    lines = [f"{k} = {_toml_value(v)}" for k, v in raw.items() if not isinstance(v, dict) and not is_table_list(v)]
     text = "\n".join(lines) + ("\n" if lines else "")
     for k, v in raw.items():
+        name = f"{prefix}{k}"
         if isinstance(v, dict):
-            name = f"{prefix}{k}"
             text += f"\n[{name}]\n" + to_toml(v, f"{name}.")
+        elif is_table_list(v):
+            text += "".join(f"\n[[{name}]]\n" + to_toml(item, f"{name}.") for item in v)
     return text
-

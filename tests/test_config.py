@@ -21,7 +21,7 @@ def test_default_experiment_loads_and_overrides_apply():
 
 
 def test_resolved_config_round_trips_through_toml(tmp_path):
-    cfg = load_config(ROOT / "experiments/default.toml", ["data.backdoor.clients=[0]"])
+    cfg = load_config(ROOT / "experiments/default.toml", ["data.backdoor.clients=[0]", "forget=[{clients=[1], round=3}, {clients=[2]}]"])
     path = tmp_path / "c.toml"
     path.write_text(to_toml(config_to_dict(cfg)))
     assert load_config(path) == cfg

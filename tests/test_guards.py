@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def trained_run(tmp_path) -> Path:
     """A run folder as `fedunlearn train` leaves it (10 clients, 30 rounds, no history), made directly."""
-    cfg = load_config(ROOT / "experiments/default.toml")
+    cfg = load_config(ROOT / "experiments/default.toml", ["store.history=false", "forgetting.strategies=[\"puf\"]"])
     run = RunDir(tmp_path / "run")
     run.config.parent.mkdir(parents=True)
     run.config.write_text(to_toml(config_to_dict(cfg)))
@@ -65,8 +65,8 @@ def test_unknown_strategy_and_missing_run(trained_run, capsys, tmp_path):
     (["forget=[{clients=[0], round=10}, {clients=[0], round=20}]"], "client 0 is already forgotten"),
     (["forget=[{clients=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}]"], "forget every one of the 10 clients"),
     (["forget=[{clients=[10]}]"], "forget[0].clients: unknown client id 10"),
-    (["forget=[{clients=[0]}]", "forgetting.strategies=['federaser']"], "federaser needs the pseudo-gradient history"),
-    (["forgetting.strategies=['puf']"], "forget: the experiment has no [[forget]] request"),
+    (["store.history=false", "forgetting.strategies=['federaser']"], "federaser needs the pseudo-gradient history"),
+    (["forget=[]", "forgetting.strategies=['puf']"], "forget: the experiment has no [[forget]] request"),
     (["forget=[{clients=[0]}]", "forgetting.puf_eta=-1"], "forgetting.puf_eta: must be > 0"),
 ])
 def test_run_guards(capsys, tmp_path, overrides, message):

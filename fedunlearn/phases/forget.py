@@ -10,6 +10,7 @@ bytes, seconds).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord
 
-from fedunlearn.config import ExperimentConfig
+from fedunlearn.config import ExperimentConfig, strategy_variant
 from fedunlearn.evaluation import Scorer
 from fedunlearn.federation import Federation
 from fedunlearn.io import atomic_write_text
@@ -96,7 +97,9 @@ def run_strategy(fed: Federation, cfg: ExperimentConfig, name: str, snapshot: Sn
     ``retrain_test_acc`` is the recovery target of ``forgetting.recovery = "until-retrain"``;
     without it recovery runs a fixed ``forgetting.recovery_rounds`` rounds.
     """
-    unlearner: Unlearner = STRATEGIES[name](cfg.forgetting)
+    base, forgetting = strategy_variant(name, cfg.forgetting)
+    cfg = dataclasses.replace(cfg, forgetting=forgetting)
+    unlearner: Unlearner = STRATEGIES[base](forgetting)
     requests = cfg.forget_requests()
     forgotten_all = sorted(c for r in requests for c in r.clients)
     from fedunlearn.data import federated_data
@@ -105,7 +108,7 @@ def run_strategy(fed: Federation, cfg: ExperimentConfig, name: str, snapshot: Sn
     run = RunDir(out)
     store = PseudoGradientStore(run.store, cfg.store.history, int(cfg.store.ram_budget_mb * 2**20), cfg.store.dtype)
     store.copy_latest_from(snapshot.store)
-    outcome = StrategyOutcome(name, snapshot.weights, [], Cost())
+    outcome = StrategyOutcome(name, snapshot.weights, [], Cost())  # a variant keeps its whole spec as name
     t0 = time.perf_counter()
 
     def run_round(strategy: RecordingFedAvg, weights: Weights, rnd: int, phase: str) -> Weights:
