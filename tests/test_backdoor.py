@@ -43,3 +43,14 @@ def test_only_backdoor_clients_are_poisoned_in_a_federation():
     fd = build_federated_data(cfg, seed=0)
     assert [len(c.poisoned) > 0 for c in fd.clients] == [False, False, True, False, False]
     assert fd.x_attack is not None and np.all(fd.y_attack == 0)
+
+
+def test_patch_size_zero_relabels_without_a_trigger():
+    rng = np.random.default_rng(0)
+    x = rng.random((50, 1, 8, 8)).astype(np.float32)
+    y = np.arange(50) % 5
+    xp, yp, idx = poison(x, y, BackdoorConfig(target_label=1, fraction=1.0, patch_size=0), np.random.default_rng(1))
+    np.testing.assert_array_equal(xp, x)  # images untouched
+    assert np.all(yp[idx] == 1) and len(idx) == np.sum(y != 1)
+    fd = build_federated_data(DataConfig(num_clients=4, backdoor=BackdoorConfig(clients=[1], patch_size=0)), seed=0)
+    assert fd.x_attack is None and len(fd.clients[1].poisoned) > 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedunlearn.cli import main
-from fedunlearn.config import config_to_dict, load_config, to_toml
+from fedunlearn.config import ConfigError, config_to_dict, load_config, to_toml
 from fedunlearn.results import RunDir
 from fedunlearn.store import PseudoGradientStore
 
@@ -76,3 +76,18 @@ def test_run_guards(capsys, tmp_path, overrides, message):
     code, err = cli(capsys, *argv)
     assert code == 2 and message in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_comparison_with_nothing_to_forget_is_refused():
+    from fedunlearn.data import federated_data
+    from fedunlearn.evaluation import Scorer
+    from fedunlearn.phases.compare import check_separation
+
+    cfg = load_config(ROOT / "experiments/default.toml")
+    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), [7])
+    same = scorer.initial_weights()
+    with pytest.raises(ConfigError, match="forgetting.check_separation: on the forgotten clients the retrained model"):
+        check_separation(cfg, scorer, same, same)  # a "retrained" model identical to the original
+    other = [w * 0.5 for w in same]
+    check_separation(load_config(ROOT / "experiments/default.toml", ["forgetting.check_separation=false"]),
+                     scorer, same, other)  # switched off: no error

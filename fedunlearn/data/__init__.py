@@ -74,7 +74,7 @@ def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
     parts = PARTITIONERS[cfg.partition](ds.y_train, cfg, rng)
     clients = [_split_client(ds, idx, cfg, i, np.random.default_rng([seed, i])) for i, idx in enumerate(parts)]
     fd = FederatedData(clients, ds.x_test, ds.y_test, ds.num_classes, ds.input_shape)
-    if cfg.backdoor.clients:
+    if cfg.backdoor.clients and cfg.backdoor.patch_size > 0:  # no trigger, no attack to measure
         fd.x_attack, fd.y_attack = attack_set(ds.x_test, ds.y_test, cfg.backdoor)
     return fd
 

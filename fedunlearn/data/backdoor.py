@@ -1,4 +1,5 @@
-"""Backdoor poisoning: a bright corner patch relabelled to a target class."""
+"""Poisoning of a client's data: a bright corner patch relabelled to a target class (a backdoor),
+or, with ``patch_size = 0``, relabelling alone (mislabelled, contaminated data)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ def add_trigger(x: np.ndarray, cfg: BackdoorConfig) -> np.ndarray:
     """
     out = x.copy()
     p = cfg.patch_size
+    if p == 0:
+        return out
     if out.ndim == 4:
         out[:, :, -p:, -p:] = cfg.patch_value
     else:

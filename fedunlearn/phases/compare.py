@@ -24,11 +24,11 @@ from fedunlearn.config import ConfigError, ExperimentConfig
 from fedunlearn.data import federated_data
 from fedunlearn.evaluation import Scorer
 from fedunlearn.evaluation.metrics import METRICS, ModelView, evaluate_all
-from fedunlearn.evaluation.probe import ProbeResult, delay_ratio
+from fedunlearn.evaluation.probe import ProbeResult, delay_ratio, reaches, threshold
 from fedunlearn.federation import Federation
 from fedunlearn.io import atomic_write_text
 from fedunlearn.phases.forget import load_snapshot, run_strategy
-from fedunlearn.phases.probe import probe_models
+from fedunlearn.phases.probe import metric_value, probe_models
 from fedunlearn.phases.train import train_phase
 from fedunlearn.results import RunDir, csv_text
 
@@ -36,7 +36,7 @@ METRIC_COLUMNS = list(METRICS)
 SUMMARY_COLUMNS = ["strategy", "seed", *METRIC_COLUMNS, "recovery_rounds", "recovery_censored", "relearn_delay",
                    "relearn_censored", "relearn_ratio_to_retrain", "relearn_auc", "relearn_unit", "rounds",
                    "client_epochs", "bytes_exchanged", "wall_s", "notes"]
-PROBE_COLUMNS = ["model", "step", "value", "threshold", "unit"]
+PROBE_COLUMNS = ["model", "step", "value", "threshold", "unit", "metric"]
 
 
 def ordered_strategies(cfg: ExperimentConfig) -> list[str]:
@@ -101,6 +101,20 @@ def check_original(cfg: ExperimentConfig, original: dict) -> None:
                           "data.partition) before comparing")
 
 
+def check_separation(cfg: ExperimentConfig, scorer: Scorer, original: list, retrain: list) -> None:
+    """Refuse a comparison whose retrained model already scores like the original on the forget set."""
+    if not cfg.forgetting.check_separation:
+        return
+    metric = cfg.probe_metric()
+    value_o, value_r = metric_value(scorer, original, metric), metric_value(scorer, retrain, metric)
+    if reaches(metric, value_r, threshold(metric, value_o, cfg.probe.alpha)):
+        raise ConfigError(f"forgetting.check_separation: on the forgotten clients the retrained model scores "
+                          f"{metric} = {value_r:.4f}, as the original does ({value_o:.4f}) within probe.alpha: there "
+                          "is nothing measurable to forget, so strategies cannot be told apart; forget a client whose "
+                          "data the others do not explain (a backdoor, mislabelled data) or use probe.metric = "
+                          "forget_loss")
+
+
 def probe_columns(results: dict[str, dict[str, ProbeResult]], name: str) -> dict:
     """The relearn_* columns of one model; the first mode is unprefixed, others ``relearn_<mode>_*``."""
     out = {}
@@ -114,7 +128,7 @@ def probe_columns(results: dict[str, dict[str, ProbeResult]], name: str) -> dict
 
 def write_probes(seed_dir: Path, results: dict[str, dict[str, ProbeResult]]) -> None:
     for mode, by_model in results.items():
-        rows = [{"model": name, "step": i, "value": v, "threshold": r.tau, "unit": r.unit}
+        rows = [{"model": name, "step": i, "value": v, "threshold": r.tau, "unit": r.unit, "metric": r.metric}
                 for name, r in by_model.items() for i, v in enumerate(r.curve)]
         atomic_write_text(seed_dir / "probe" / f"{mode}.csv", csv_text(rows, PROBE_COLUMNS))
 
@@ -151,6 +165,7 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, out: Path, rows: list[d
         metrics = scorer.summary_metrics(weights)
         if name == "retrain":
             retrain_acc = metrics["test_acc"]
+            check_separation(cfg, scorer, trained.weights, weights)
         seed_rows.append({**row, "seed": cfg.seed, **metrics})
         write_summary(out, rows + seed_rows)
     retrain_view = ModelView.of(scorer, models["retrain"])

@@ -96,14 +96,18 @@ def relearning_curves(out: Path, seed_dir: Path, rows: list[dict]) -> Path | Non
             delay = censored.get(name, {}).get(f"{prefix}_delay", "")
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=colors[name],
                     label=curve_label(name, delay))
-        ax.axhline(_f(data[0]["threshold"]), color="black", ls=":", lw=1, label="threshold (1 - alpha) x original")
-        unit = data[0]["unit"]
+        ax.axhline(_f(data[0]["threshold"]), color="black", ls=":", lw=1, label="threshold: original's value x (1 -/+ alpha)")
+        unit, metric = data[0]["unit"], data[0].get("metric", "")
         ax.set_title(f"Relearning the forgotten clients: mode '{mode}' ({seed_dir.name})")
         ax.set_xlabel(f"probe {unit} ({'FedAvg rounds, forgotten clients re-added' if unit == 'rounds' else 'local SGD steps of the forgotten clients alone'})")
-        ax.set_ylabel("forget metric (fraction)")
-        ax.set_ylim(-0.02, 1.02)
+        if metric == "forget_loss":
+            ax.set_ylabel("forget loss (mean cross-entropy, nats)")
+        else:
+            names = {"backdoor": "backdoor attack success rate", "forget_acc": "forget accuracy"}
+            ax.set_ylabel(f"{names.get(metric, 'forget metric')} (fraction)")
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     return _save(fig, out / "relearning_curves.png")
 
 
