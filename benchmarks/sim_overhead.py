@@ -159,6 +159,8 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fedunlearn-bench-"))
     digits_as_mnist(tmp / "mnist")
+    # The same work on both sides: no history on disk, no forget-set metrics per round.
+    same = ["store.history=false", "forget=[]", "data.backdoor.clients=[]", "probe.metric=auto"]
     overrides = {
         "default (digits 8x8, cnn)": [f"train.rounds={args.rounds}"],
         "light: digits cnn, 1 epoch, batch 64": [f"train.rounds={args.rounds}", "train.local_epochs=1",
@@ -166,6 +168,7 @@ def main() -> None:
         "cnn on 28x28 (digits upscaled, mnist loader)": [
             f"train.rounds={args.rounds}", "data.name=mnist", f"data.root={tmp / 'mnist'}"],
     }
+    overrides = {name: [*same, *o] for name, o in overrides.items()}
     settings = {name: load_config(ROOT / "experiments/default.toml", o) for name, o in overrides.items()}
     lines = ["| setting | variant | s/round (median after round 1) | ratio to best plain loop | "
              "Ray start-up s | sim start-up s | shutdown s | peak MB (all processes) | max abs weight diff to plain, 1 thread |",

@@ -187,7 +187,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     for path in args.model or []:
         models[Path(path).name], _ = RunDir(path).load_checkpoint()
     scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), request.clients)
-    out = Path(args.out) if args.out else run.path / "probe"
+    out = Path(args.out) if args.out else run.path
     results = run_federation(cfg.data.num_clients, cfg.simulation,
                              lambda fed: probe_models(fed, cfg, scorer, original, models))
     write_probes(out, results)
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--metric", default="auto", help="forget_acc, forget_loss, backdoor or auto")
     probe.add_argument("--mode", default="all", choices=["all", "alone"], help="re-add to all clients, or alone (SGD steps)")
     probe.add_argument("--max-rounds", type=int, help="probe cap R_max (default from the config)")
-    probe.add_argument("--out", help="folder for the curves (default RUN_DIR)")
+    probe.add_argument("--out", help="the curves go to OUT/probe/MODE.csv (default RUN_DIR)")
     probe.set_defaults(func=cmd_probe)
 
     plot = sub.add_parser("plot", help="redraw the plots and report.md of a comparison folder")

@@ -13,7 +13,8 @@ from fedunlearn.results import read_csv
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.num_clients=4", "data.partition=iid", "model.name=mlp", "model.hidden=32", "train.rounds=3", "train.local_epochs=1",
         "train.batch_size=16", "store.history=true", "forgetting.natural_rounds=1", "forgetting.recovery_rounds=2",
-        "forgetting.min_original_test_acc=0", "forgetting.check_separation=false"]
+        "forgetting.min_original_test_acc=0", "forgetting.check_separation=false", "data.backdoor.clients=[]",
+        "forget=[]", "probe.metric=auto"]
 
 
 def sets(overrides):
