@@ -82,3 +82,20 @@ def test_probe_command_gives_the_original_model_delay_zero(trained, capsys):
     curve = read_csv(trained / "probe" / "all.csv")
     assert [r["step"] for r in curve] == ["0", "1", "2"]
     assert float(curve[0]["value"]) >= float(curve[0]["threshold"])
+
+
+def test_a_sequence_of_requests_unlearns_each_in_turn(tmp_path, capsys):
+    out = tmp_path / "seq"
+    overrides = [*TINY, "train.rounds=4", "forget=[{clients=[0], round=2}, {clients=[3]}]",
+                 "forgetting.strategies=['retrain', 'puf']", "forgetting.recovery=fixed", "probe.enabled=false"]
+    assert main(["run", str(ROOT / "experiments/default.toml"), *sets(overrides), "--out", str(out)]) == 0
+    puf = read_csv(out / "seed-0" / "strategies" / "puf" / "trajectory.csv")
+    # request 1 after round 2: unlearn + 2 recovery rounds; 2 regular rounds (to 4 in all); request 2.
+    assert [t["phase"] for t in puf] == ["unlearn", "recover", "recover", "regular", "regular",
+                                         "unlearn", "recover", "recover"]
+    assert [int(t["round"]) for t in puf] == list(range(3, 11))
+    retrain = read_csv(out / "seed-0" / "strategies" / "retrain" / "trajectory.csv")
+    assert len(retrain) == 4  # from scratch over clients 1 and 2 only, train.rounds rounds
+    rows = {r["strategy"]: r for r in read_csv(out / "summary.csv")}
+    assert float(rows["retrain"]["client_epochs"]) == 4 * 2  # two remaining clients x 4 rounds x 1 epoch
+    assert rows["puf"]["recovery_rounds"] == "4"
