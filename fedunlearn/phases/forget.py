@@ -21,6 +21,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from fedunlearn.config import ExperimentConfig, strategy_variant
+from fedunlearn.data import federated_data
 from fedunlearn.evaluation import Scorer
 from fedunlearn.federation import Federation
 from fedunlearn.io import atomic_write_text
@@ -102,8 +103,6 @@ def run_strategy(fed: Federation, cfg: ExperimentConfig, name: str, snapshot: Sn
     unlearner: Unlearner = STRATEGIES[base](forgetting)
     requests = cfg.forget_requests()
     forgotten_all = sorted(c for r in requests for c in r.clients)
-    from fedunlearn.data import federated_data
-
     scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), forgotten_all)
     run = RunDir(out)
     store = PseudoGradientStore(run.store, cfg.store.history, int(cfg.store.ram_budget_mb * 2**20), cfg.store.dtype)

@@ -90,8 +90,8 @@ def relearning_curves(out: Path, seed_dir: Path, rows: list[dict]) -> Path | Non
         for r in data:
             curves[r["model"]].append((int(r["step"]), _f(r["value"])))
         colors = _colors(list(curves))
-        prefix = "relearn" if mode == files[0].stem or f"relearn_{mode}_delay" not in next(iter(rows), {}) \
-            else f"relearn_{mode}"
+        # the first probe mode's columns are unprefixed, every other mode's are relearn_<mode>_*
+        prefix = f"relearn_{mode}" if f"relearn_{mode}_delay" in next(iter(rows), {}) else "relearn"
         for name, pts in curves.items():
             delay = censored.get(name, {}).get(f"{prefix}_delay", "")
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=colors[name],

@@ -18,6 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
+from fedunlearn.data import federated_data
 from fedunlearn.models import build_model
 from fedunlearn.strategies.base import Unlearner, UnlearningContext, UnlearningError
 from fedunlearn.strategies.fedavg import ClientUpdate, RecordingFedAvg, Weights, apply_updates
@@ -77,8 +78,6 @@ class PGA(Unlearner):
         return f"forgetting.pga_lr = {self.cfg.pga_lr}"
 
     def radius(self, ctx: UnlearningContext, w_ref: Weights) -> float:
-        from fedunlearn.data import federated_data
-
         data = federated_data(ctx.cfg.data, ctx.cfg.seed)
         dists = [l2_sq(w_ref, get_weights(build_model(ctx.cfg.model, data.input_shape, data.num_classes,
                                                       int(np.random.SeedSequence([ctx.cfg.seed, 7, i]).generate_state(1)[0]))))
