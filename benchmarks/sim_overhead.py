@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fedunlearn import federation
-from fedunlearn.config import load_config
+from fedunlearn.arrays import weighted_step
 from fedunlearn.data import federated_data
-from fedunlearn.federation import backend_config, quiet_environment, run_federation
+from fedunlearn.evaluation import Scorer
+from fedunlearn.flower import compat
+from fedunlearn.flower.runtime import backend_config, quiet_environment, run_federation
 from fedunlearn.models import build_model
+from fedunlearn.parts import load_experiment
 from fedunlearn.phases.train import train_phase
-from fedunlearn.strategies import weighted_step
 from fedunlearn.training import evaluate, get_weights, set_weights, train_local
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def plain_loop(cfg, threads: int) -> tuple[list[float], list[np.ndarray]]:
     """
     import torch
 
-    from fedunlearn.client_app import client_seed
+    from fedunlearn.flower.client_app import client_seed
 
     torch.set_num_threads(threads)
     data = federated_data(cfg.data, cfg.seed)
@@ -120,7 +121,8 @@ def simulation(cfg, out: Path) -> dict:
 
     def job(fed):
         marks["ready"] = time.perf_counter()
-        result = train_phase(fed, cfg, out, log=lambda *_: None)
+        scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), [])
+        result = train_phase(fed, cfg, out, scorer, log=lambda *_: None)
         marks["done"] = time.perf_counter()
         return result
 
@@ -166,10 +168,10 @@ def main() -> None:
         "light: digits cnn, 1 epoch, batch 64": [f"train.rounds={args.rounds}", "train.local_epochs=1",
                                                  "train.batch_size=64"],
         "cnn on 28x28 (digits upscaled, mnist loader)": [
-            f"train.rounds={args.rounds}", "data.name=mnist", f"data.root={tmp / 'mnist'}"],
+            f"train.rounds={args.rounds}", "data.name=mnist", f"data.mnist.root='{tmp / 'mnist'}'"],
     }
     overrides = {name: [*same, *o] for name, o in overrides.items()}
-    settings = {name: load_config(ROOT / "experiments/default.toml", o) for name, o in overrides.items()}
+    settings = {name: load_experiment(ROOT / "experiments/default.toml", o) for name, o in overrides.items()}
     lines = ["| setting | variant | s/round (median after round 1) | ratio to best plain loop | "
              "Ray start-up s | sim start-up s | shutdown s | peak MB (all processes) | max abs weight diff to plain, 1 thread |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -181,7 +183,7 @@ def main() -> None:
                 times, weights = plain_loop(cfg, threads)
             rows.append((f"plain loop, {threads} torch thread(s)", statistics.median(times[1:]), None, mem.peak, weights))
         reference = rows[0][4]
-        fast = federation.PULL_INTERVAL_S
+        fast = compat.POLL_INTERVAL_S
         variants = {
             "simulation, 2 actors x 1 CPU (fedunlearn's 5 ms polling)": ([], fast),
             "simulation, 1 actor x 2 CPUs": (["simulation.num_cpus=2"], fast),
@@ -189,11 +191,11 @@ def main() -> None:
         }
         for j, (variant, (extra, poll)) in enumerate(variants.items()):
             print(f"[{name}] {variant} ...", file=sys.stderr, flush=True)
-            vcfg = load_config(ROOT / "experiments/default.toml", [*overrides[name], *extra])
-            federation.PULL_INTERVAL_S = federation.NODE_POLL_S = poll
+            vcfg = load_experiment(ROOT / "experiments/default.toml", [*overrides[name], *extra])
+            compat.POLL_INTERVAL_S = poll
             with PeakMemory() as mem:
                 sim = simulation(vcfg, tmp / f"run{i}-{j}")
-            federation.PULL_INTERVAL_S = federation.NODE_POLL_S = fast
+            compat.POLL_INTERVAL_S = fast
             rows.append((variant, statistics.median(sim["rounds"][1:]), sim, mem.peak, sim["weights"]))
         best = min(r[1] for r in rows[:2])
         for variant, per_round, sim, peak, weights in rows:

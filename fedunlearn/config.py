@@ -1,22 +1,24 @@
-"""Typed experiment configuration: TOML in, validated dataclasses out.
+"""The experiment schema and its TOML loader: typed, validated dataclasses, and no registry.
 
 Every invalid key or value raises :class:`ConfigError` with one line that names the field and the
-fix, so the CLI can print it and exit 2 before anything is written.
+fix, so the CLI can print it and exit 2 before anything is written. Which data sets, models and
+strategies exist is not this module's business: each part's settings live in a table named after
+it (``[data.dirichlet]``, ``[model.cnn]``, ``[forgetting.puf]``) and are checked by the part's own
+settings class when :mod:`fedunlearn.parts` looks it up.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
+from fedunlearn.settings import ConfigError, as_dict, build, parse_value, parts_field, require
 
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message names the field and the fix."""
+__all__ = ["ConfigError", "ExperimentConfig", "ForgetRequest", "load_config", "config_from_dict", "config_to_dict",
+           "apply_overrides", "to_toml"]
 
 
 @dataclass
@@ -35,32 +37,38 @@ class BackdoorConfig:
     patch_size: int = 2
     patch_value: float = 1.0
 
+    def validate(self) -> None:
+        require(0 < self.fraction <= 1, "fraction", f"must be in (0, 1] (got {self.fraction})")
+        require(self.patch_size >= 0, "patch_size", f"must be >= 0 (got {self.patch_size}); 0 relabels without a trigger")
+        require(self.target_label >= 0, "target_label", f"must be >= 0 (got {self.target_label})")
+
 
 @dataclass
 class DataConfig:
-    """Which data set, where it lives and how it is split among clients."""
+    """Which data set, how it is split among clients, and which clients are poisoned.
+
+    The data set's and the partitioner's own settings are tables named after them, e.g.
+    ``[data.dirichlet] alpha = 0.5`` or ``[data.mnist] root = "/data"``.
+    """
 
     name: str = "digits"
-    root: str = ""
-    download: bool = False
     num_clients: int = 10
     partition: str = "dirichlet"
-    alpha: float = 0.5
-    classes_per_client: int = 2
-    min_partition_size: int = 10
-    local_test_fraction: float = 0.0
-    synthetic_samples: int = 2000
-    synthetic_features: int = 20
-    synthetic_classes: int = 4
     backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
+    settings: dict[str, dict[str, Any]] = parts_field()
+
+    def validate(self) -> None:
+        require(self.num_clients >= 2, "num_clients", f"must be >= 2 (got {self.num_clients})")
+        for c in self.backdoor.clients:
+            require(0 <= c < self.num_clients, "backdoor.clients", f"client id {c} is not in 0..{self.num_clients - 1}")
 
 
 @dataclass
 class ModelConfig:
-    """Model architecture; ``hidden`` is the width of the last hidden layer."""
+    """The model; its own settings are a table named after it, e.g. ``[model.cnn] hidden = 64``."""
 
     name: str = "cnn"
-    hidden: int = 64
+    settings: dict[str, dict[str, Any]] = parts_field()
 
 
 @dataclass
@@ -76,6 +84,17 @@ class TrainConfig:
     fraction_train: float = 1.0
     min_train_clients: int = 0
 
+    def validate(self) -> None:
+        require(self.rounds >= 1, "rounds", f"must be >= 1 (got {self.rounds})")
+        require(self.local_epochs >= 1, "local_epochs", f"must be >= 1 (got {self.local_epochs})")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1 (got {self.batch_size})")
+        require(self.lr > 0, "lr", f"must be > 0 (got {self.lr})")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1) (got {self.momentum})")
+        require(self.server_lr > 0, "server_lr", f"must be > 0 (got {self.server_lr})")
+        require(0 < self.fraction_train <= 1, "fraction_train", f"must be in (0, 1] (got {self.fraction_train})")
+        require(self.min_train_clients >= 0, "min_train_clients",
+                f"must be >= 0 (got {self.min_train_clients}); 0 means every sampled client")
+
 
 @dataclass
 class StoreConfig:
@@ -89,6 +108,10 @@ class StoreConfig:
     ram_budget_mb: float = 256.0
     dtype: str = "float32"
 
+    def validate(self) -> None:
+        require(self.dtype in ("float32", "float16"), "dtype", f"must be 'float32' or 'float16' (got {self.dtype!r})")
+        require(self.ram_budget_mb >= 0, "ram_budget_mb", f"must be >= 0 (got {self.ram_budget_mb})")
+
 
 @dataclass
 class SimulationConfig:
@@ -98,6 +121,11 @@ class SimulationConfig:
     num_gpus: float = 0.0
     ray_address: str = ""
     checkpoint_every: int = 1
+
+    def validate(self) -> None:
+        require(self.num_cpus > 0, "num_cpus", f"must be > 0 (got {self.num_cpus})")
+        require(self.num_gpus >= 0, "num_gpus", f"must be >= 0 (got {self.num_gpus})")
+        require(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1 (got {self.checkpoint_every})")
 
 
 @dataclass
@@ -116,7 +144,10 @@ class ForgetRequest:
 
 @dataclass
 class ForgettingConfig:
-    """Which unlearning strategies run and every constant they use (ALGORITHMS.md, sections 2-5).
+    """Which unlearning strategies run, and the protocol they share (docs/methods.md, "Forgetting").
+
+    Each strategy's own settings are a table named after it (``[forgetting.puf] eta = 20``);
+    a strategy may also carry settings after ``@`` (``"puf@eta=40"``) to run beside the others.
 
     Recovery is FedAvg over the remaining clients after the unlearning step. With
     ``recovery = "until-retrain"`` it stops at the first round whose test accuracy reaches the
@@ -137,29 +168,22 @@ class ForgettingConfig:
     recovery: str = "until-retrain"
     recovery_rounds: int = 30
     recovery_tolerance: float = 0.01
-    natural_rounds: int = 5
-    puf_mode: str = "regular"
-    puf_eta: float = 20.0
-    puf_offline: bool = False
-    ieu_decay: float = 0.1
-    ieu_noise: float = 0.1
-    ieu_rounds: int = 1
-    pga_lr: float = 0.01
-    pga_momentum: float = 0.9
-    pga_clip: float = 5.0
-    pga_epochs: int = 5
-    pga_distance_threshold: float = 2.2
-    pga_radius_inits: int = 10
-    federaser_interval: int = 1
-    federaser_calibration_ratio: float = 0.5
     min_original_test_acc: float = 0.5
     min_original_backdoor_asr: float = 0.5
     check_separation: bool = True
+    settings: dict[str, dict[str, Any]] = parts_field()
+
+    def validate(self) -> None:
+        require(self.recovery in ("until-retrain", "fixed"), "recovery",
+                f"must be 'until-retrain' or 'fixed' (got {self.recovery!r})")
+        require(self.recovery_rounds >= 0, "recovery_rounds", f"must be >= 0 (got {self.recovery_rounds})")
+        require(0 <= self.recovery_tolerance < 1, "recovery_tolerance",
+                f"must be in [0, 1) (got {self.recovery_tolerance})")
 
 
 @dataclass
 class ProbeConfig:
-    """The relearning-delay probe (ALGORITHMS.md section 4).
+    """The relearning-delay probe (docs/methods.md, "Evaluation").
 
     From each model, FedAvg rounds run with the forgotten clients re-added (``modes`` has ``"all"``:
     every client) and the forget metric is measured after every round; the delay is the first
@@ -178,6 +202,16 @@ class ProbeConfig:
     alone_lr: float = 0.002
     alone_max_steps: int = 30
 
+    def validate(self) -> None:
+        require(self.metric in ("auto", "forget_acc", "forget_loss", "backdoor"), "metric",
+                f"must be auto, forget_acc, forget_loss or backdoor (got {self.metric!r})")
+        require(bool(self.modes) and all(m in ("all", "alone") for m in self.modes), "modes",
+                f"must list 'all' and/or 'alone' (got {self.modes})")
+        require(self.max_rounds >= 1, "max_rounds", f"must be >= 1 (got {self.max_rounds})")
+        require(0 <= self.alpha < 1, "alpha", f"must be in [0, 1) (got {self.alpha})")
+        require(self.alone_lr > 0, "alone_lr", f"must be > 0 (got {self.alone_lr})")
+        require(self.alone_max_steps >= 1, "alone_max_steps", f"must be >= 1 (got {self.alone_max_steps})")
+
 
 @dataclass
 class ExperimentConfig:
@@ -193,191 +227,31 @@ class ExperimentConfig:
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
+    def validate(self) -> None:
+        require(self.train.min_train_clients <= self.data.num_clients, "train.min_train_clients",
+                f"must be in 0..{self.data.num_clients} (got {self.train.min_train_clients})")
+        require(self.probe.metric != "backdoor" or self.has_trigger(), "probe.metric",
+                "backdoor needs data.backdoor.clients with a trigger (patch_size > 0); use forget_acc")
+        validate_requests(self.forget_requests(), self.data.num_clients, self.train.rounds, "forget")
+
+    def has_trigger(self) -> bool:
+        """Whether some clients carry a triggered backdoor (so an attack success rate exists)."""
+        return bool(self.data.backdoor.clients) and self.data.backdoor.patch_size > 0
+
     def probe_metric(self) -> str:
         """The probe's metric with ``auto`` resolved."""
         if self.probe.metric != "auto":
             return self.probe.metric
-        return "backdoor" if self.data.backdoor.clients and self.data.backdoor.patch_size > 0 else "forget_acc"
+        return "backdoor" if self.has_trigger() else "forget_acc"
 
     def forget_requests(self) -> list[ForgetRequest]:
         """The requests in round order, ``round = 0`` resolved to the last training round."""
         resolved = [ForgetRequest(list(r.clients), r.round or self.train.rounds) for r in self.forget]
         return sorted(resolved, key=lambda r: r.round)
 
-
-def _check_value(path: str, value: Any, annotation: Any) -> Any:
-    """Return ``value`` coerced to ``annotation`` or raise ConfigError naming ``path``."""
-    origin = typing.get_origin(annotation)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif annotation is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif annotation is str:
-        if isinstance(value, str):
-            return value
-    elif origin is list:
-        (item_type,) = typing.get_args(annotation)
-        if isinstance(value, list) and dataclasses.is_dataclass(item_type):
-            if all(isinstance(v, dict) for v in value):
-                return [_build(item_type, v, f"{path}[{i}].") for i, v in enumerate(value)]
-        elif isinstance(value, list):
-            return [_check_value(f"{path}[{i}]", v, item_type) for i, v in enumerate(value)]
-    name = getattr(annotation, "__name__", str(annotation))
-    raise ConfigError(f"{path}: expected {name}, got {value!r} ({type(value).__name__})")
-
-
-def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        path = f"{prefix}{key}"
-        if key not in known:
-            raise ConfigError(f"{path}: unknown key; valid keys here are {', '.join(sorted(known))}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path}: expected a table [{path}], got {value!r}")
-            kwargs[key] = _build(hint, value, f"{path}.")
-        else:
-            kwargs[key] = _check_value(path, value, hint)
-    return cls(**kwargs)
-
-
-def _parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.rounds=20")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw  # a bare word such as `digits` is a string
-    return key.split("."), value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (values parsed as TOML literals) to a raw TOML dict."""
-    for text in overrides:
-        keys, value = _parse_override(text)
-        node = raw
-        for part in keys[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text}: {part} is not a table")
-            node = child
-        node[keys[-1]] = value
-    return raw
-
-
-def _validate(cfg: ExperimentConfig) -> None:
-    """Range checks; registries are checked by name so typos list the valid choices."""
-    from fedunlearn.data import DATASETS, PARTITIONERS
-    from fedunlearn.models import MODELS
-
-    def need(ok: bool, path: str, fix: str) -> None:
-        if not ok:
-            raise ConfigError(f"{path}: {fix}")
-
-    d, t = cfg.data, cfg.train
-    need(d.name in DATASETS, "data.name", f"unknown data set {d.name!r}; choose one of {sorted(DATASETS)}")
-    need(d.partition in PARTITIONERS, "data.partition",
-         f"unknown partitioner {d.partition!r}; choose one of {sorted(PARTITIONERS)}")
-    need(cfg.model.name in MODELS, "model.name", f"unknown model {cfg.model.name!r}; choose one of {sorted(MODELS)}")
-    need(d.num_clients >= 2, "data.num_clients", f"must be >= 2 (got {d.num_clients})")
-    need(d.alpha > 0, "data.alpha", f"must be > 0 (got {d.alpha})")
-    need(d.classes_per_client >= 1, "data.classes_per_client", f"must be >= 1 (got {d.classes_per_client})")
-    need(d.min_partition_size >= 0, "data.min_partition_size", f"must be >= 0 (got {d.min_partition_size})")
-    need(0 <= d.local_test_fraction < 1, "data.local_test_fraction",
-         f"must be in [0, 1) (got {d.local_test_fraction})")
-    need(d.synthetic_classes >= 2, "data.synthetic_classes", f"must be >= 2 (got {d.synthetic_classes})")
-    b = d.backdoor
-    for c in b.clients:
-        need(0 <= c < d.num_clients, "data.backdoor.clients",
-             f"client id {c} is not in 0..{d.num_clients - 1}")
-    need(0 < b.fraction <= 1, "data.backdoor.fraction", f"must be in (0, 1] (got {b.fraction})")
-    need(b.patch_size >= 0, "data.backdoor.patch_size", f"must be >= 0 (got {b.patch_size}); 0 relabels without a trigger")
-    need(cfg.model.hidden >= 1, "model.hidden", f"must be >= 1 (got {cfg.model.hidden})")
-    need(t.rounds >= 1, "train.rounds", f"must be >= 1 (got {t.rounds})")
-    need(t.local_epochs >= 1, "train.local_epochs", f"must be >= 1 (got {t.local_epochs})")
-    need(t.batch_size >= 1, "train.batch_size", f"must be >= 1 (got {t.batch_size})")
-    need(t.lr > 0, "train.lr", f"must be > 0 (got {t.lr})")
-    need(0 <= t.momentum < 1, "train.momentum", f"must be in [0, 1) (got {t.momentum})")
-    need(t.server_lr > 0, "train.server_lr", f"must be > 0 (got {t.server_lr})")
-    need(0 < t.fraction_train <= 1, "train.fraction_train", f"must be in (0, 1] (got {t.fraction_train})")
-    need(0 <= t.min_train_clients <= d.num_clients, "train.min_train_clients",
-         f"must be in 0..{d.num_clients} (got {t.min_train_clients}); 0 means every sampled client")
-    need(cfg.store.dtype in ("float32", "float16"), "store.dtype",
-         f"must be 'float32' or 'float16' (got {cfg.store.dtype!r})")
-    need(cfg.store.ram_budget_mb >= 0, "store.ram_budget_mb", f"must be >= 0 (got {cfg.store.ram_budget_mb})")
-    need(cfg.simulation.num_cpus > 0, "simulation.num_cpus", f"must be > 0 (got {cfg.simulation.num_cpus})")
-    need(cfg.simulation.num_gpus >= 0, "simulation.num_gpus", f"must be >= 0 (got {cfg.simulation.num_gpus})")
-    need(cfg.simulation.checkpoint_every >= 1, "simulation.checkpoint_every",
-         f"must be >= 1 (got {cfg.simulation.checkpoint_every})")
-    _validate_forgetting(cfg, need)
-
-
-def strategy_variant(spec: str, forgetting: ForgettingConfig) -> tuple[str, ForgettingConfig]:
-    """Split ``"puf@puf_eta=40,puf_mode=special"`` into the registered name and its settings.
-
-    A variant is a strategy run with some ``forgetting`` settings changed, so one comparison can
-    sweep a step size; its rows and folder carry the whole spec as their name.
-    """
-    from fedunlearn.strategies import STRATEGIES
-
-    name, _, settings = spec.partition("@")
-    if name not in STRATEGIES:
-        raise ConfigError(f"forgetting.strategies: unknown strategy {name!r} in {spec!r}; "
-                          f"choose from {sorted(STRATEGIES)}")
-    raw = config_to_dict(forgetting)
-    for item in filter(None, settings.split(",")):
-        keys, value = _parse_override(item)
-        if len(keys) != 1 or keys[0] not in raw or keys[0] == "strategies":
-            raise ConfigError(f"forgetting.strategies: {item!r} in {spec!r} is not a forgetting setting; "
-                              "write name@key=value,key=value with keys of [forgetting]")
-        raw[keys[0]] = value
-    return name, _build(ForgettingConfig, raw, "forgetting.")
-
-
-def _validate_forgetting(cfg: ExperimentConfig, need) -> None:
-    f, k = cfg.forgetting, cfg.data.num_clients
-    for spec in f.strategies:
-        _, variant = strategy_variant(spec, f)
-        if variant != f:
-            _validate_forgetting(dataclasses.replace(cfg, forgetting=dataclasses.replace(variant, strategies=[])), need)
-    need(f.recovery in ("until-retrain", "fixed"), "forgetting.recovery",
-         f"must be 'until-retrain' or 'fixed' (got {f.recovery!r})")
-    need(f.recovery_rounds >= 0, "forgetting.recovery_rounds", f"must be >= 0 (got {f.recovery_rounds})")
-    need(0 <= f.recovery_tolerance < 1, "forgetting.recovery_tolerance",
-         f"must be in [0, 1) (got {f.recovery_tolerance})")
-    need(f.natural_rounds >= 0, "forgetting.natural_rounds", f"must be >= 0 (got {f.natural_rounds})")
-    need(f.puf_mode in ("regular", "special"), "forgetting.puf_mode",
-         f"must be 'regular' or 'special' (got {f.puf_mode!r})")
-    need(f.puf_eta > 0, "forgetting.puf_eta", f"must be > 0 (got {f.puf_eta}); the authors use 20 (regular), 2 (special)")
-    need(0 <= f.ieu_decay < 1, "forgetting.ieu_decay", f"must be in [0, 1) (got {f.ieu_decay})")
-    need(f.ieu_noise >= 0, "forgetting.ieu_noise", f"must be >= 0 (got {f.ieu_noise})")
-    need(f.ieu_rounds >= 1, "forgetting.ieu_rounds", f"must be >= 1 (got {f.ieu_rounds})")
-    need(f.pga_lr > 0 and f.pga_epochs >= 1 and f.pga_radius_inits >= 1, "forgetting.pga_lr/pga_epochs/pga_radius_inits",
-         "must be positive")
-    need(f.federaser_interval >= 1, "forgetting.federaser_interval", f"must be >= 1 (got {f.federaser_interval})")
-    need(0 < f.federaser_calibration_ratio <= 1, "forgetting.federaser_calibration_ratio",
-         f"must be in (0, 1] (got {f.federaser_calibration_ratio})")
-    validate_requests(cfg.forget_requests(), k, cfg.train.rounds, "forget")
-    p = cfg.probe
-    need(p.metric in ("auto", "forget_acc", "forget_loss", "backdoor"), "probe.metric",
-         f"must be auto, forget_acc, forget_loss or backdoor (got {p.metric!r})")
-    need(p.metric != "backdoor" or (bool(cfg.data.backdoor.clients) and cfg.data.backdoor.patch_size > 0),
-         "probe.metric", "backdoor needs data.backdoor.clients with a trigger (patch_size > 0); use forget_acc")
-    need(bool(p.modes) and all(m in ("all", "alone") for m in p.modes), "probe.modes",
-         f"must list 'all' and/or 'alone' (got {p.modes})")
-    need(p.max_rounds >= 1, "probe.max_rounds", f"must be >= 1 (got {p.max_rounds})")
-    need(0 <= p.alpha < 1, "probe.alpha", f"must be in [0, 1) (got {p.alpha})")
-    need(p.alone_lr > 0 and p.alone_max_steps >= 1, "probe.alone_lr/alone_max_steps", "must be positive")
+    def forgotten_clients(self) -> list[int]:
+        """Every client some request forgets, sorted: the forget set of every metric."""
+        return sorted(c for r in self.forget for c in r.clients)
 
 
 def validate_requests(requests: list[ForgetRequest], num_clients: int, last_round: int, where: str) -> None:
@@ -387,6 +261,8 @@ def validate_requests(requests: list[ForgetRequest], num_clients: int, last_roun
         clients = f"{where}[{i}].clients" if len(requests) > 1 or where == "forget" else where
         if not r.clients:
             raise ConfigError(f"{clients}: empty; name at least one client id")
+        if len(set(r.clients)) != len(r.clients):
+            raise ConfigError(f"{clients}: a client is named twice in {r.clients}; name each client once")
         for c in r.clients:
             if not 0 <= c < num_clients:
                 raise ConfigError(f"{clients}: unknown client id {c}; the federation has clients "
@@ -402,11 +278,38 @@ def validate_requests(requests: list[ForgetRequest], num_clients: int, last_roun
                           "keep at least one client in the federation")
 
 
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``key.sub=value`` as (["key", "sub"], value parsed as a TOML literal)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.rounds=20")
+    key, raw = text.split("=", 1)
+    try:  # a TOML dotted key, so a quoted part may hold dots: model."mylab.nets:resnet18".width
+        node, keys = tomllib.loads(f"{key.strip()} = 0"), []
+        while isinstance(node, dict):
+            (k, node), = node.items()
+            keys.append(k)
+    except (tomllib.TOMLDecodeError, ValueError):
+        raise ConfigError(f"--set {text!r}: {key.strip()!r} is not a key; write e.g. train.rounds=20") from None
+    return keys, parse_value(raw)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as TOML literals) to a raw TOML dict."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for part in keys[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: {part} is not a table")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
 def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
-    """Build and validate an :class:`ExperimentConfig` from a TOML-shaped dict."""
-    cfg = _build(ExperimentConfig, raw, "")
-    _validate(cfg)
-    return cfg
+    """Build and validate an :class:`ExperimentConfig` from a TOML-shaped dict (no registry lookups)."""
+    return build(ExperimentConfig, raw, "")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -424,8 +327,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as a plain dict (the inverse of :func:`config_from_dict`)."""
-    return dataclasses.asdict(cfg)
+    """The config as a plain TOML-shaped dict (the inverse of :func:`config_from_dict`)."""
+    return as_dict(cfg)
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else '"' + key.replace('"', '\\"') + '"'
 
 
 def _toml_value(value: Any) -> str:
@@ -444,10 +351,11 @@ def to_toml(raw: dict[str, Any], prefix: str = "") -> str:
     def is_table_list(v: Any) -> bool:
         return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
 
-    lines = [f"{k} = {_toml_value(v)}" for k, v in raw.items() if not isinstance(v, dict) and not is_table_list(v)]
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in raw.items()
+             if not isinstance(v, dict) and not is_table_list(v)]
     text = "\n".join(lines) + ("\n" if lines else "")
     for k, v in raw.items():
-        name = f"{prefix}{k}"
+        name = f"{prefix}{_toml_key(k)}"
         if isinstance(v, dict):
             text += f"\n[{name}]\n" + to_toml(v, f"{name}.")
         elif is_table_list(v):

@@ -1,5 +1,9 @@
 """Model registry: small PyTorch classifiers with no BatchNorm.
 
+A model is a function ``(input_shape, num_classes, settings) -> nn.Module``; its settings are the
+table named after it (``[model.cnn] hidden = 64``). A user's own model is named by its import path
+(``model.name = "mylab.nets:resnet18"``) and follows the same signature.
+
 Normalisation buffers (BatchNorm running statistics) are not trained parameters and have no
 meaningful pseudo-gradient, so every model here uses GroupNorm or no normalisation: the state
 dict holds parameters only and every entry of a pseudo-gradient is a weight delta.
@@ -7,25 +11,37 @@ dict holds parameters only and every entry of a pseudo-gradient is a weight delt
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedunlearn.config import ConfigError, ModelConfig
+from fedunlearn.config import ModelConfig
+from fedunlearn.registry import Registry
+from fedunlearn.settings import ConfigError, require
 
 
-def mlp(input_shape: tuple[int, ...], num_classes: int, cfg: ModelConfig) -> nn.Module:
+@dataclass
+class HiddenWidth:
+    """``[model.mlp]`` / ``[model.cnn]``: the width of the last hidden layer."""
+
+    hidden: int = 64
+
+    def validate(self) -> None:
+        require(self.hidden >= 1, "hidden", f"must be >= 1 (got {self.hidden})")
+
+
+def mlp(input_shape: tuple[int, ...], num_classes: int, settings: HiddenWidth) -> nn.Module:
     """Flatten -> Linear(2·hidden) -> ReLU -> Linear(hidden) -> ReLU -> Linear(classes)."""
     n_in = int(np.prod(input_shape))
-    h = cfg.hidden
+    h = settings.hidden
     return nn.Sequential(
         nn.Flatten(), nn.Linear(n_in, 2 * h), nn.ReLU(), nn.Linear(2 * h, h), nn.ReLU(), nn.Linear(h, num_classes)
     )
 
 
-def cnn(input_shape: tuple[int, ...], num_classes: int, cfg: ModelConfig) -> nn.Module:
+def cnn(input_shape: tuple[int, ...], num_classes: int, settings: HiddenWidth) -> nn.Module:
     """Two 3x3 conv blocks (16, 32 channels, each halving H and W), then a hidden dense layer.
 
     Fits 8x8 (digits), 28x28 (MNIST) and 32x32 (CIFAR-10) inputs.
@@ -36,7 +52,8 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, cfg: ModelConfig) -> nn.
     return nn.Sequential(
         nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * (h // 4) * (w // 4), cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, num_classes),
+        nn.Flatten(), nn.Linear(32 * (h // 4) * (w // 4), settings.hidden), nn.ReLU(),
+        nn.Linear(settings.hidden, num_classes),
     )
 
 
@@ -58,7 +75,7 @@ class _GNBlock(nn.Module):
         return torch.relu(self.gn2(self.conv2(out)) + self.shortcut(x))
 
 
-def resnet_gn(input_shape: tuple[int, ...], num_classes: int, cfg: ModelConfig) -> nn.Module:
+def resnet_gn(input_shape: tuple[int, ...], num_classes: int, settings: object) -> nn.Module:
     """A small ResNet (three stages of one block: 16, 32, 64 channels) with GroupNorm, for 32x32."""
     c = input_shape[0]
     return nn.Sequential(
@@ -68,15 +85,27 @@ def resnet_gn(input_shape: tuple[int, ...], num_classes: int, cfg: ModelConfig) 
     )
 
 
-MODELS: dict[str, Callable[[tuple[int, ...], int, ModelConfig], nn.Module]] = {
-    "mlp": mlp,
-    "cnn": cnn,
-    "resnet_gn": resnet_gn,
-}
+MODELS: Registry = Registry("model", "model.name")
+MODELS.register("mlp", mlp, settings=HiddenWidth)
+MODELS.register("cnn", cnn, settings=HiddenWidth)
+MODELS.register("resnet_gn", resnet_gn)
+
+
+def check_model_settings(cfg: ModelConfig) -> None:
+    """Look up the model and validate its settings table; a table for another model is refused."""
+    MODELS.get(cfg.name).build_settings(cfg.settings, "model.")
+    for name in cfg.settings:
+        if name != cfg.name and name not in MODELS:
+            raise ConfigError(f"model.{name}: no model is called {name!r}; name the table after model.name")
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
-    """Instantiate a registered model with weights initialised from ``seed``."""
+    """Instantiate the configured model with weights initialised from ``seed``."""
+    part = MODELS.get(cfg.name)
+    settings = part.build_settings(cfg.settings, "model.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MODELS[cfg.name](input_shape, num_classes, cfg)
+        model = part.obj(input_shape, num_classes, settings)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.name: {cfg.name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model

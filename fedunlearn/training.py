@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-Weights = list[np.ndarray]
+from fedunlearn.arrays import Weights
 
 
 def get_weights(model: nn.Module) -> Weights:

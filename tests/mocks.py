@@ -21,7 +21,7 @@ def train_reply(partition_id: int, num_examples: int, weights: list[np.ndarray],
     content = RecordDict({
         "arrays": ArrayRecord([np.asarray(w, dtype=np.float32) for w in weights]),
         "metrics": MetricRecord({"num-examples": num_examples, "partition-id": partition_id,
-                                 "train-loss": loss, "local-epochs": epochs, "local-steps": 1}),
+                                 "train-loss": loss, "local-epochs": epochs}),
     })
     return Message(content, metadata=_metadata(100 + partition_id))
 

@@ -8,6 +8,7 @@ import pytest
 
 from fedunlearn.cli import main
 from fedunlearn.config import ConfigError, config_to_dict, load_config, to_toml
+from fedunlearn.parts import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace("[", r"\[")):
-        load_config(ROOT / "experiments/default.toml", [override])
+        load_experiment(ROOT / "experiments/default.toml", [override])
 
 
 def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
@@ -62,7 +63,7 @@ def test_cli_malformed_toml_and_missing_file(tmp_path, capsys):
 
 def test_cli_missing_data_root_exits_2(tmp_path, capsys):
     code = main(["train", str(ROOT / "experiments/default.toml"), "--set", "data.name=mnist",
-                 "--set", f"data.root={tmp_path / 'missing'}", "--out", str(tmp_path / "o")])
+                 "--set", f"data.mnist.root={tmp_path / 'missing'}", "--out", str(tmp_path / "o")])
     assert code == 2
-    assert "data.root" in capsys.readouterr().err
+    assert "data.mnist.root: folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -11,10 +11,13 @@ from fedunlearn.cli import main
 from fedunlearn.results import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.num_clients=4", "data.partition=iid", "model.name=mlp", "model.hidden=32", "train.rounds=3", "train.local_epochs=1",
-        "train.batch_size=16", "store.history=true", "forgetting.natural_rounds=1", "forgetting.recovery_rounds=2",
+TINY = ["data.num_clients=4", "data.partition=iid", "model.name=mlp", "model.mlp.hidden=32", "train.rounds=3", "train.local_epochs=1",
+        "train.batch_size=16", "store.history=true", "forgetting.natural.rounds=1", "forgetting.recovery_rounds=2",
         "forgetting.min_original_test_acc=0", "forgetting.check_separation=false", "data.backdoor.clients=[]",
         "forget=[]", "probe.metric=auto"]
+
+
+pytestmark = pytest.mark.slow
 
 
 def sets(overrides):
@@ -30,12 +33,12 @@ def trained(tmp_path_factory) -> Path:
 
 def test_forget_with_a_step_that_makes_weights_nan_exits_2(trained, tmp_path, capsys):
     out = tmp_path / "nan"
-    code = main(["forget", str(trained), "--client", "1", "--strategy", "puf", "--set", "forgetting.puf_eta=1e38",
+    code = main(["forget", str(trained), "--client", "1", "--strategy", "puf", "--set", "forgetting.puf.eta=1e38",
                  "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("fedunlearn: error: puf: round ")
-    assert "left NaN or Inf in the weights at forgetting.puf_eta = 1e+38; lower the step size" in err
+    assert "left NaN or Inf in the weights at forgetting.puf.eta = 1e+38; lower the step size" in err
     assert (trained / "checkpoint" / "global.npz").exists()  # the trained run is untouched
     assert not (out / "summary.csv").exists()
 

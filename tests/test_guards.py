@@ -67,7 +67,7 @@ def test_unknown_strategy_and_missing_run(trained_run, capsys, tmp_path):
     (["forget=[{clients=[10]}]"], "forget[0].clients: unknown client id 10"),
     (["store.history=false", "forgetting.strategies=['federaser']"], "federaser needs the pseudo-gradient history"),
     (["forget=[]", "forgetting.strategies=['puf']"], "forget: the experiment has no [[forget]] request"),
-    (["forget=[{clients=[0]}]", "forgetting.puf_eta=-1"], "forgetting.puf_eta: must be > 0"),
+    (["forget=[{clients=[0]}]", "forgetting.puf.eta=-1"], "forgetting.puf.eta: must be > 0"),
 ])
 def test_run_guards(capsys, tmp_path, overrides, message):
     argv = ["run", ROOT / "experiments/default.toml", "--out", tmp_path / "o"]

@@ -13,9 +13,9 @@ from fedunlearn.training import get_weights, train_local
 
 
 def test_training_on_the_forget_samples_lowers_mia_efficacy_on_them():
-    cfg = load_config(None, ["data.name=synthetic", "data.synthetic_samples=800", "data.synthetic_features=40",
-                             "data.synthetic_classes=4", "data.num_clients=4", "data.partition=iid",
-                             "model.name=mlp", "model.hidden=64"])
+    cfg = load_config(None, ["data.name=synthetic", "data.synthetic.samples=800", "data.synthetic.features=40",
+                             "data.synthetic.classes=4", "data.num_clients=4", "data.partition=iid",
+                             "model.name=mlp", "model.mlp.hidden=64"])
     data = build_federated_data(cfg.data, cfg.seed)
     scorer = Scorer(cfg, data, forgotten=[0])
 
@@ -24,7 +24,7 @@ def test_training_on_the_forget_samples_lowers_mia_efficacy_on_them():
         train_local(model, x, y, epochs=150, batch_size=32, lr=0.05, momentum=0.9, seed=0)
         return get_weights(model)
 
-    x_retain, y_retain = data.retain_set([0])
+    x_retain, y_retain = scorer.x_retain, scorer.y_retain
     saw = trained_on(np.concatenate([x_retain, data.clients[0].x_train]),
                      np.concatenate([y_retain, data.clients[0].y_train]))
     never = trained_on(x_retain, y_retain)

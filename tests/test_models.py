@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedunlearn.config import ConfigError, ModelConfig
+from fedunlearn.config import ModelConfig
 from fedunlearn.models import MODELS, build_model
+from fedunlearn.settings import ConfigError
 from fedunlearn.training import get_weights, set_weights
 
 
@@ -36,4 +37,4 @@ def test_cnn_refuses_tabular_inputs():
 
 
 def test_registry_lists_the_three_models():
-    assert sorted(MODELS) == ["cnn", "mlp", "resnet_gn"]
+    assert MODELS.names() == ["cnn", "mlp", "resnet_gn"]

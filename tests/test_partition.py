@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedunlearn.config import ConfigError, DataConfig
 from fedunlearn.data import PARTITIONERS
+from fedunlearn.settings import ConfigError, build_settings
 
 LABELS = np.repeat(np.arange(10), 100)
 
 
 def split(name, seed=0, **kw):
-    cfg = DataConfig(num_clients=10, partition=name, **kw)
-    return PARTITIONERS[name](LABELS, cfg, np.random.default_rng(seed))
+    part = PARTITIONERS.get(name)
+    return part.obj(LABELS, 10, build_settings(part.settings, kw, f"data.{name}."), np.random.default_rng(seed))
 
 
-@pytest.mark.parametrize("name", sorted(PARTITIONERS))
+@pytest.mark.parametrize("name", PARTITIONERS.names())
 def test_disjoint_complete_and_seeded(name):
     parts = split(name)
     assert len(parts) == 10
@@ -41,7 +41,7 @@ def test_smaller_alpha_gives_more_label_skew():
 
 def test_dirichlet_respects_min_partition_size_or_says_why():
     assert min(len(p) for p in split("dirichlet", alpha=0.3, min_partition_size=20)) >= 20
-    with pytest.raises(ConfigError, match="data.alpha"):
+    with pytest.raises(ConfigError, match="data.dirichlet.alpha"):
         split("dirichlet", alpha=0.01, min_partition_size=95)
 
 

@@ -10,7 +10,8 @@ from PIL import Image
 from fedunlearn.cli import main
 from fedunlearn.evaluation.probe import ProbeResult
 from fedunlearn.io import atomic_write_text
-from fedunlearn.phases.compare import probe_columns, write_probes, write_summary
+from fedunlearn.phases.compare import probe_columns, write_summary
+from fedunlearn.phases.probe import write_probes
 from fedunlearn.report.plots import curve_label
 from fedunlearn.results import ROUND_COLUMNS, csv_text, read_csv
 
@@ -34,7 +35,7 @@ def write_results(out: Path) -> None:
             row = {"strategy": name, "seed": seed, "test_acc": 0.9 - 0.01 * seed, "retain_acc": 0.95, "forget_acc": 0.3,
                    "unlearn_acc": 0.7, "mia_efficacy": 0.5, "mia_yeom": 0.4, "weight_dist_to_retrain": 0.2,
                    "pred_kl_to_retrain": 0.01, "backdoor_asr": {"original": 0.9, "retrain": 0.0}.get(name, 0.2 + 0.05 * seed),
-                   **probe_columns(probes, name)}
+                   **probe_columns(probes, name, "retrain"), "from_scratch": name == "retrain"}
             if name != "original":
                 row.update({"client_epochs": {"retrain": 40.0}.get(name, 8.0), "rounds": 3, "wall_s": 1.0,
                             "recovery_rounds": 2 if name == "puf" else ""})

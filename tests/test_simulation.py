@@ -12,13 +12,15 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord
 
 from fedunlearn.config import load_config
-from fedunlearn.federation import run_federation
+from fedunlearn.data import federated_data
+from fedunlearn.evaluation import Scorer
+from fedunlearn.flower.runtime import run_federation
 from fedunlearn.phases.train import train_phase
 from fedunlearn.results import read_csv
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import RecordingFedAvg, TooFewClientsError
 
-SMALL = ["data.num_clients=4", "data.partition=iid", "model.name=mlp", "model.hidden=32", "train.rounds=3", "train.local_epochs=2",
+SMALL = ["data.num_clients=4", "data.partition=iid", "model.name=mlp", "model.mlp.hidden=32", "train.rounds=3", "train.local_epochs=2",
          "train.batch_size=16", "store.history=true"]
 
 
@@ -47,12 +49,15 @@ class GridRecorder:
 
 
 class FailingFedAvg(RecordingFedAvg):
-    """Asks partition 1 for a behaviour no client has, so its ClientApp raises."""
+    """Sends partition 1 a recipe it cannot run, so its ClientApp raises."""
 
     def client_config(self, partition_id, config):
         if partition_id == 1:
-            config["behaviour"] = "no-such-behaviour"
+            config["local-epochs"] = "not-a-number"
         return config
+
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +67,20 @@ def sim(tmp_path_factory):
     other_seed = dataclasses.replace(cfg, seed=1)
     out = {"cfg": cfg, "tmp": tmp}
 
+    def train(fed, c, path, resume=False):
+        scorer = Scorer(c, federated_data(c.data, c.seed), [])
+        return train_phase(fed, c, path, scorer, resume=resume, log=lambda *_: None)
+
     def job(fed):
         rec = GridRecorder(fed.grid)
         out["node_of"] = fed.node_of
-        out["a"] = train_phase(fed, cfg, tmp / "a", log=lambda *_: None)
+        out["a"] = train(fed, cfg, tmp / "a")
         out["sent"], out["returned"] = dict(rec.sent), dict(rec.returned)
-        out["b"] = train_phase(fed, cfg, tmp / "b", log=lambda *_: None)
-        out["c"] = train_phase(fed, other_seed, tmp / "c", log=lambda *_: None)
+        out["b"] = train(fed, cfg, tmp / "b")
+        out["c"] = train(fed, other_seed, tmp / "c")
         short = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, rounds=2))
-        train_phase(fed, short, tmp / "d", log=lambda *_: None)
-        out["d"] = train_phase(fed, cfg, tmp / "d", resume=True, log=lambda *_: None)
+        train(fed, short, tmp / "d")
+        out["d"] = train(fed, cfg, tmp / "d", resume=True)
         arrays = ArrayRecord(out["a"].weights)
         lenient = FailingFedAvg.from_config(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, min_train_clients=3)),
                                            PseudoGradientStore(), fed.node_of, range(4))

@@ -2,26 +2,20 @@
 
 A behaviour takes the model (already holding the received weights), the client's data and the
 :class:`ClientRequest` (config, seed, extra arrays); it changes the model in place and returns a
-:class:`LocalRun`. Adding a behaviour is one file here and one line in :data:`BEHAVIOURS`; the
-server picks it per message with the config key ``behaviour``.
+:class:`LocalRun`. Each behaviour is a Flower message type: the one registered as ``"ascent"``
+answers messages of type ``train.ascent`` (``@app.train("ascent")``), and ``"default"`` answers
+plain ``train`` messages. Adding one is one file here and one line below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from torch import nn
-
 from fedunlearn.clients.ascent import ascent_behaviour
 from fedunlearn.clients.request import ClientRequest, LocalRun
 from fedunlearn.clients.train import train_behaviour
-from fedunlearn.data import ClientData
+from fedunlearn.registry import Registry
 
-Behaviour = Callable[[nn.Module, ClientData, ClientRequest], LocalRun]
+BEHAVIOURS: Registry = Registry("client behaviour", "message type")
+BEHAVIOURS.register("default", train_behaviour)
+BEHAVIOURS.register("ascent", ascent_behaviour)
 
-BEHAVIOURS: dict[str, Behaviour] = {
-    "train": train_behaviour,
-    "ascent": ascent_behaviour,
-}
-
-__all__ = ["BEHAVIOURS", "Behaviour", "ClientRequest", "LocalRun"]
+__all__ = ["BEHAVIOURS", "ClientRequest", "LocalRun"]

@@ -53,4 +53,4 @@ def ascent_behaviour(model: nn.Module, data: ClientData, request: ClientRequest)
                       lr=float(c["pga-lr"]), momentum=float(c["pga-momentum"]), seed=request.seed, ascent=True,
                       clip_norm=float(c["pga-clip"]), after_step=after_step)
     steps_per_epoch = -(-data.num_examples // int(c["batch-size"]))
-    return LocalRun(res.loss, res.steps / steps_per_epoch, res.steps)
+    return LocalRun(res.loss, res.steps / steps_per_epoch)

@@ -18,8 +18,7 @@ class ClientRequest:
 
 @dataclass
 class LocalRun:
-    """What a behaviour reports: mean train loss, local epochs run and SGD steps taken."""
+    """What a behaviour reports: mean train loss and local epochs run (fractions count)."""
 
     loss: float
     epochs: float
-    steps: int

@@ -15,4 +15,4 @@ def train_behaviour(model: nn.Module, data: ClientData, request: ClientRequest) 
     epochs = int(c["local-epochs"])
     res = train_local(model, data.x_train, data.y_train, epochs=epochs, batch_size=int(c["batch-size"]),
                       lr=float(c["lr"]), momentum=float(c["momentum"]), seed=request.seed)
-    return LocalRun(res.loss, epochs, res.steps)
+    return LocalRun(res.loss, epochs)

@@ -1,8 +1,10 @@
-"""Data for a federation: a registry of data sets and partitioners, and the per-client split.
+"""Data for a federation: the data set and partitioner registries, and the per-client split.
 
 :func:`federated_data` is deterministic in (config, seed) and cached, so the server (for
 evaluation) and every client actor (for training) rebuild exactly the same partitions without
-shipping data through Flower messages.
+shipping data through Flower messages. A data set is a function ``(settings, seed) -> Dataset``
+and a partitioner ``(labels, num_clients, settings, rng) -> [indices]``; either may be named by an
+import path ``module:attr`` instead of a registered name.
 """
 
 from __future__ import annotations
@@ -13,22 +15,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedunlearn.config import DataConfig, config_from_dict, config_to_dict
+from fedunlearn.config import DataConfig, config_to_dict
+from fedunlearn.data import partition, sources
 from fedunlearn.data.backdoor import attack_set, poison
-from fedunlearn.data.partition import PARTITIONERS
-from fedunlearn.data.sources import DATASETS, Dataset
+from fedunlearn.data.sources import Dataset
+from fedunlearn.registry import Registry
+from fedunlearn.settings import ConfigError, build
 
-__all__ = ["DATASETS", "PARTITIONERS", "ClientData", "FederatedData", "federated_data"]
+__all__ = ["DATASETS", "PARTITIONERS", "ClientData", "Dataset", "FederatedData", "federated_data"]
+
+DATASETS: Registry = Registry("data set", "data.name")
+DATASETS.register("digits", sources.load_digits_dataset)
+DATASETS.register("synthetic", sources.load_synthetic_dataset)
+DATASETS.register("mnist", sources._torchvision_loader("MNIST", "mnist"))
+DATASETS.register("fashion-mnist", sources._torchvision_loader("FashionMNIST", "fashion-mnist"))
+DATASETS.register("cifar10", sources.load_cifar10_dataset)
+
+PARTITIONERS: Registry = Registry("partitioner", "data.partition")
+PARTITIONERS.register("iid", partition.iid_partition)
+PARTITIONERS.register("dirichlet", partition.dirichlet_partition)
+PARTITIONERS.register("shards", partition.shard_partition)
 
 
 @dataclass
 class ClientData:
-    """One client's local data; ``poisoned`` indexes the backdoored samples of ``x_train``."""
+    """One client's local train data; ``poisoned`` indexes the backdoored samples."""
 
     x_train: np.ndarray
     y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
     poisoned: np.ndarray
 
     @property
@@ -48,42 +62,60 @@ class FederatedData:
     x_attack: np.ndarray | None = None
     y_attack: np.ndarray | None = None
 
-    def retain_set(self, forgotten: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Concatenated train data of every client not in ``forgotten``."""
-        keep = [c for i, c in enumerate(self.clients) if i not in set(forgotten)]
-        return np.concatenate([c.x_train for c in keep]), np.concatenate([c.y_train for c in keep])
+    def union(self, clients: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Concatenated train data of ``clients``."""
+        return (np.concatenate([self.clients[c].x_train for c in clients]),
+                np.concatenate([self.clients[c].y_train for c in clients]))
 
 
-def _split_client(ds: Dataset, idx: np.ndarray, cfg: DataConfig, client: int,
-                  rng: np.random.Generator) -> ClientData:
-    x, y = ds.x_train[idx], ds.y_train[idx]
-    n_test = int(round(cfg.local_test_fraction * len(idx)))
-    order = rng.permutation(len(idx))
-    test_i, train_i = np.sort(order[:n_test]), np.sort(order[n_test:])
-    x_tr, y_tr = x[train_i], y[train_i]
-    poisoned = np.zeros(0, dtype=np.int64)
-    if client in cfg.backdoor.clients:
-        x_tr, y_tr, poisoned = poison(x_tr, y_tr, cfg.backdoor, rng)
-    return ClientData(x_tr, y_tr, x[test_i], y[test_i], poisoned)
+def check_data_settings(cfg: DataConfig) -> None:
+    """Look up the data set and partitioner and validate their settings tables (ConfigError if bad)."""
+    resolved = {DATASETS.get(cfg.name).name, PARTITIONERS.get(cfg.partition).name}
+    for name in cfg.settings:
+        if name in resolved:
+            continue
+        part = next((r.get(name) for r in (DATASETS, PARTITIONERS) if name in r and ":" not in name), None)
+        if part is None:
+            raise ConfigError(f"data.{name}: no data set or partitioner is called {name!r}; settings tables "
+                              f"are named after one of {sorted(DATASETS.names() + PARTITIONERS.names())}")
+        part.build_settings(cfg.settings, "data.")  # an unused part's table must still be valid
+    DATASETS.get(cfg.name).build_settings(cfg.settings, "data.")
+    PARTITIONERS.get(cfg.partition).build_settings(cfg.settings, "data.")
 
 
 def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
     """Load the data set, partition it with a Generator seeded by ``seed``, poison backdoor clients."""
-    ds = DATASETS[cfg.name](cfg, seed)
+    check_data_settings(cfg)
+    source, splitter = DATASETS.get(cfg.name), PARTITIONERS.get(cfg.partition)
+    ds = source.obj(source.build_settings(cfg.settings, "data."), seed)
+    b = cfg.backdoor
+    if b.clients and b.target_label >= ds.num_classes:
+        raise ConfigError(f"data.backdoor.target_label: {b.target_label} is not a class of {cfg.name} "
+                          f"(0..{ds.num_classes - 1})")
     rng = np.random.default_rng(seed)
-    parts = PARTITIONERS[cfg.partition](ds.y_train, cfg, rng)
-    clients = [_split_client(ds, idx, cfg, i, np.random.default_rng([seed, i])) for i, idx in enumerate(parts)]
+    parts = splitter.obj(ds.y_train, cfg.num_clients, splitter.build_settings(cfg.settings, "data."), rng)
+    empty = [i for i, idx in enumerate(parts) if len(idx) == 0]
+    if empty:
+        raise ConfigError(f"data.num_clients: client {empty[0]} gets no training sample ({len(empty)} such clients of "
+                          f"{cfg.num_clients}, {len(ds.y_train)} samples); lower num_clients or change the partitioner")
+    clients = []
+    for i, idx in enumerate(parts):
+        x, y, poisoned = ds.x_train[idx], ds.y_train[idx], np.zeros(0, dtype=np.int64)
+        if i in b.clients:
+            client_rng = np.random.default_rng([seed, i])
+            client_rng.permutation(len(idx))  # the draw of the former local test split: same poisoned samples
+            x, y, poisoned = poison(x, y, b, client_rng)
+        clients.append(ClientData(x, y, poisoned))
     fd = FederatedData(clients, ds.x_test, ds.y_test, ds.num_classes, ds.input_shape)
-    if cfg.backdoor.clients and cfg.backdoor.patch_size > 0:  # no trigger, no attack to measure
-        fd.x_attack, fd.y_attack = attack_set(ds.x_test, ds.y_test, cfg.backdoor)
+    if b.clients and b.patch_size > 0:  # no trigger, no attack to measure
+        fd.x_attack, fd.y_attack = attack_set(ds.x_test, ds.y_test, b)
     return fd
 
 
 @functools.lru_cache(maxsize=4)
 def _cached(key: str) -> FederatedData:
     raw = json.loads(key)
-    cfg = config_from_dict({"data": raw["data"]}).data
-    return build_federated_data(cfg, raw["seed"])
+    return build_federated_data(build(DataConfig, raw["data"], "data."), raw["seed"])
 
 
 def data_key(cfg: DataConfig, seed: int) -> str:

@@ -5,63 +5,85 @@ Written here rather than taken from flwr-datasets: its partitioners operate on H
 yields in-memory numpy arrays; the three schemes below are a few lines each and are tested for
 disjointness, completeness, seeding and the effect of alpha.
 
-Each partitioner takes the labels, the number of clients and a seeded numpy Generator and returns
-one sorted index array per client; together they cover every sample exactly once.
+Each partitioner takes the labels, the number of clients, its settings and a seeded numpy
+Generator and returns one sorted index array per client; together they cover every sample exactly
+once. Its settings are the table named after it (``[data.dirichlet] alpha = 0.5``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from fedunlearn.config import ConfigError, DataConfig
-
-Partitioner = Callable[[np.ndarray, DataConfig, np.random.Generator], list[np.ndarray]]
+from fedunlearn.settings import ConfigError, require
 
 
-def iid_partition(labels: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
+def iid_partition(labels: np.ndarray, num_clients: int, settings: Any, rng: np.random.Generator) -> list[np.ndarray]:
     """A random permutation cut into ``num_clients`` near-equal parts."""
     order = rng.permutation(len(labels))
-    return [np.sort(part) for part in np.array_split(order, cfg.num_clients)]
+    return [np.sort(part) for part in np.array_split(order, num_clients)]
 
 
-def dirichlet_partition(labels: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
+@dataclass
+class DirichletSettings:
+    """``[data.dirichlet]``: concentration ``alpha`` and the fewest samples a client may hold."""
+
+    alpha: float = 0.5
+    min_partition_size: int = 10
+
+    def validate(self) -> None:
+        require(self.alpha > 0, "alpha", f"must be > 0 (got {self.alpha})")
+        require(self.min_partition_size >= 1, "min_partition_size",
+                f"must be >= 1 (got {self.min_partition_size}); every client needs training data")
+
+
+def dirichlet_partition(labels: np.ndarray, num_clients: int, settings: DirichletSettings,
+                        rng: np.random.Generator) -> list[np.ndarray]:
     """Per class, client shares drawn from Dir(alpha) (Hsu et al. 2019; smaller alpha, more skew).
 
     Draws are repeated (up to 1,000 times) until every client holds at least
     ``min_partition_size`` samples, as in the NIID-Bench reference code.
     """
-    k = cfg.num_clients
+    k, alpha = num_clients, settings.alpha
     classes = np.unique(labels)
     for _ in range(1000):
         parts: list[list[int]] = [[] for _ in range(k)]
         for c in classes:
             idx = rng.permutation(np.flatnonzero(labels == c))
-            shares = rng.dirichlet(np.full(k, cfg.alpha))
+            shares = rng.dirichlet(np.full(k, alpha))
             cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
             for client, chunk in enumerate(np.split(idx, cuts)):
                 parts[client].extend(chunk.tolist())
-        if min(len(p) for p in parts) >= cfg.min_partition_size:
+        if min(len(p) for p in parts) >= settings.min_partition_size:
             return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
     raise ConfigError(
-        f"data.alpha: no Dirichlet({cfg.alpha}) split gives every one of {k} clients "
-        f"{cfg.min_partition_size} samples; raise data.alpha or lower data.min_partition_size"
+        f"data.dirichlet.alpha: no Dirichlet({alpha}) split gives every one of {k} clients "
+        f"{settings.min_partition_size} samples; raise alpha or lower min_partition_size in [data.dirichlet]"
     )
 
 
-def shard_partition(labels: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
+@dataclass
+class ShardSettings:
+    """``[data.shards]``: how many label-sorted shards each client is dealt."""
+
+    classes_per_client: int = 2
+
+    def validate(self) -> None:
+        require(self.classes_per_client >= 1, "classes_per_client", f"must be >= 1 (got {self.classes_per_client})")
+
+
+def shard_partition(labels: np.ndarray, num_clients: int, settings: ShardSettings,
+                    rng: np.random.Generator) -> list[np.ndarray]:
     """McMahan et al.'s shards: sort by label, cut into ``num_clients * classes_per_client`` shards,
     deal ``classes_per_client`` random shards to each client."""
-    k, c = cfg.num_clients, cfg.classes_per_client
+    k, c = num_clients, settings.classes_per_client
     order = np.argsort(labels, kind="stable")
     shards = np.array_split(order, k * c)
     dealt = rng.permutation(len(shards))
     return [np.sort(np.concatenate([shards[s] for s in dealt[i * c:(i + 1) * c]])) for i in range(k)]
 
 
-PARTITIONERS: dict[str, Partitioner] = {
-    "iid": iid_partition,
-    "dirichlet": dirichlet_partition,
-    "shards": shard_partition,
-}
+dirichlet_partition.Settings = DirichletSettings
+shard_partition.Settings = ShardSettings

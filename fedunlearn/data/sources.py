@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedunlearn.config import ConfigError, DataConfig
+from fedunlearn.settings import ConfigError, require
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
-def load_digits_dataset(cfg: DataConfig, seed: int) -> Dataset:
+def load_digits_dataset(settings, seed: int) -> Dataset:
     """scikit-learn's handwritten digits (1,797 8x8 images shipped with the package), 75/25 split.
 
     Pixel values 0..16 are scaled to [0, 1]. The split is stratified and fixed (seed 0) so the
@@ -47,17 +47,31 @@ def load_digits_dataset(cfg: DataConfig, seed: int) -> Dataset:
     return Dataset(x_tr, y_tr, x_te, y_te, 10)
 
 
-def load_synthetic_dataset(cfg: DataConfig, seed: int) -> Dataset:
+@dataclass
+class SyntheticSettings:
+    """``[data.synthetic]``: how many samples, features and classes."""
+
+    samples: int = 2000
+    features: int = 20
+    classes: int = 4
+
+    def validate(self) -> None:
+        require(self.classes >= 2, "classes", f"must be >= 2 (got {self.classes})")
+        require(self.features >= 2, "features", f"must be >= 2 (got {self.features})")
+        require(self.samples >= 10 * self.classes, "samples", f"must be >= 10 x classes (got {self.samples})")
+
+
+def load_synthetic_dataset(settings: SyntheticSettings, seed: int) -> Dataset:
     """Seeded Gaussian-cluster classification (scikit-learn ``make_classification``), 80/20 split."""
     from sklearn.datasets import make_classification
 
-    n_informative = max(2, min(cfg.synthetic_features, cfg.synthetic_classes * 2))
+    n_informative = max(2, min(settings.features, settings.classes * 2))
     x, y = make_classification(
-        n_samples=cfg.synthetic_samples,
-        n_features=cfg.synthetic_features,
+        n_samples=settings.samples,
+        n_features=settings.features,
         n_informative=n_informative,
         n_redundant=0,
-        n_classes=cfg.synthetic_classes,
+        n_classes=settings.classes,
         n_clusters_per_class=1,
         class_sep=1.5,
         random_state=seed,
@@ -66,17 +80,24 @@ def load_synthetic_dataset(cfg: DataConfig, seed: int) -> Dataset:
     return Dataset(
         x[n_test:].astype(np.float32), y[n_test:].astype(np.int64),
         x[:n_test].astype(np.float32), y[:n_test].astype(np.int64),
-        cfg.synthetic_classes,
+        settings.classes,
     )
 
 
-def _torchvision_root(cfg: DataConfig) -> Path:
-    if not cfg.root:
-        raise ConfigError(f"data.root: {cfg.name} needs a local folder; set data.root = \"/path/to/data\"")
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir() and not cfg.download:
-        raise ConfigError(f"data.root: folder {str(root)!r} does not exist; create it or set data.download = true")
-    return root
+load_synthetic_dataset.Settings = SyntheticSettings
+
+
+@dataclass
+class LocalRootSettings:
+    """``[data.NAME]`` of a data set read from disk: its folder, and whether it may be downloaded."""
+
+    root: str = ""
+    download: bool = False
+
+    def validate(self) -> None:
+        require(bool(self.root), "root", 'this data set needs a local folder; set root = "/path/to/data"')
+        require(Path(self.root).expanduser().is_dir() or self.download, "root",
+                f"folder {self.root!r} does not exist; create it or set download = true")
 
 
 def _as_images(data) -> np.ndarray:
@@ -84,31 +105,32 @@ def _as_images(data) -> np.ndarray:
     return (np.asarray(data, dtype=np.float32) / 255.0)[:, None, :, :]
 
 
-def _torchvision_loader(class_name: str) -> Callable[[DataConfig, int], Dataset]:
-    def load(cfg: DataConfig, seed: int) -> Dataset:
+def _torchvision_loader(class_name: str, name: str) -> Callable[[LocalRootSettings, int], Dataset]:
+    def load(settings: LocalRootSettings, seed: int) -> Dataset:
         import torchvision.datasets as tvd
 
-        root = _torchvision_root(cfg)
+        root = Path(settings.root).expanduser()
         cls = getattr(tvd, class_name)
         try:
-            train = cls(str(root), train=True, download=cfg.download)
-            test = cls(str(root), train=False, download=cfg.download)
+            train = cls(str(root), train=True, download=settings.download)
+            test = cls(str(root), train=False, download=settings.download)
         except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
             raise ConfigError(
-                f"data.root: {class_name} files not found under {str(root)!r} ({err}); "
-                "put the data set there or set data.download = true"
+                f"data.{name}.root: {class_name} files not found under {str(root)!r} ({err}); "
+                "put the data set there or set download = true"
             ) from None
         x_tr, x_te = _as_images(train.data), _as_images(test.data)
         y_tr = np.asarray(train.targets, dtype=np.int64)
         y_te = np.asarray(test.targets, dtype=np.int64)
         return Dataset(x_tr, y_tr, x_te, y_te, len(train.classes))
 
-    load.__doc__ = f"torchvision ``{class_name}`` from ``data.root`` (downloaded only with data.download)."
+    load.__doc__ = f"torchvision ``{class_name}`` from ``root`` (downloaded only with ``download = true``)."
+    load.Settings = LocalRootSettings
     return load
 
 
-def load_cifar10_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    """CIFAR-10 from ``data.root``/cifar-10-batches-py, read from its pickle batches directly.
+def load_cifar10_dataset(settings: LocalRootSettings, seed: int) -> Dataset:
+    """CIFAR-10 from ``root``/cifar-10-batches-py, read from its pickle batches directly.
 
     torchvision's ``CIFAR10`` insists on the md5 of every batch file, which rules out the tiny
     files tests write; the batch format itself (a pickled dict with ``data`` as N x 3072 uint8
@@ -116,9 +138,9 @@ def load_cifar10_dataset(cfg: DataConfig, seed: int) -> Dataset:
     """
     import pickle
 
-    root = _torchvision_root(cfg)
+    root = Path(settings.root).expanduser()
     folder = root / "cifar-10-batches-py"
-    if cfg.download and not folder.is_dir():
+    if settings.download and not folder.is_dir():
         import torchvision.datasets as tvd
 
         tvd.CIFAR10(str(root), train=True, download=True)
@@ -128,8 +150,8 @@ def load_cifar10_dataset(cfg: DataConfig, seed: int) -> Dataset:
         for name in names:
             path = folder / name
             if not path.is_file():
-                raise ConfigError(f"data.root: CIFAR-10 file {str(path)!r} not found; "
-                                  "put the python version of CIFAR-10 there or set data.download = true")
+                raise ConfigError(f"data.cifar10.root: CIFAR-10 file {str(path)!r} not found; "
+                                  "put the python version of CIFAR-10 there or set download = true")
             with open(path, "rb") as fh:
                 batch = pickle.load(fh, encoding="bytes")
             xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
@@ -141,10 +163,4 @@ def load_cifar10_dataset(cfg: DataConfig, seed: int) -> Dataset:
     return Dataset(x_tr, y_tr, x_te, y_te, 10)
 
 
-DATASETS: dict[str, Callable[[DataConfig, int], Dataset]] = {
-    "digits": load_digits_dataset,
-    "synthetic": load_synthetic_dataset,
-    "mnist": _torchvision_loader("MNIST"),
-    "fashion-mnist": _torchvision_loader("FashionMNIST"),
-    "cifar10": load_cifar10_dataset,
-}
+load_cifar10_dataset.Settings = LocalRootSettings

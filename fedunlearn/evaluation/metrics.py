@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedunlearn.arrays import Weights
 from fedunlearn.evaluation.mia import (
     per_sample_loss,
     svc_mia_efficacy,
@@ -21,8 +22,6 @@ from fedunlearn.evaluation.mia import (
 )
 from fedunlearn.evaluation.scorer import Scorer
 from fedunlearn.training import predict_logits, set_weights
-
-Weights = list[np.ndarray]
 
 
 @dataclass

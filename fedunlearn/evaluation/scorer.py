@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedunlearn.arrays import Weights
 from fedunlearn.config import ExperimentConfig
 from fedunlearn.data import FederatedData
 from fedunlearn.models import build_model
 from fedunlearn.training import evaluate, get_weights, set_weights
-
-Weights = list[np.ndarray]
 
 
 class Scorer:
@@ -33,9 +32,8 @@ class Scorer:
         self._initial = get_weights(self.model)  # the model is reused for evaluation: keep its init now
         self.forgotten = sorted(forgotten or [])
         if self.forgotten:
-            self.x_retain, self.y_retain = data.retain_set(self.forgotten)
-            self.x_forget = np.concatenate([data.clients[c].x_train for c in self.forgotten])
-            self.y_forget = np.concatenate([data.clients[c].y_train for c in self.forgotten])
+            self.x_retain, self.y_retain = data.union([c for c in range(len(data.clients)) if c not in self.forgotten])
+            self.x_forget, self.y_forget = data.union(self.forgotten)
 
     def initial_weights(self) -> Weights:
         """The seeded initial weights of the experiment's model (the training run's w_0)."""

@@ -1,1 +1,1 @@
-"""Phases of an experiment, run inside a :class:`~fedunlearn.federation.Federation`."""
+"""Phases of an experiment, run inside a :class:`~fedunlearn.flower.runtime.Federation`."""

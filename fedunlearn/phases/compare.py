@@ -9,8 +9,9 @@ Layout of ``DIR``::
     seed-S/probe/MODE.csv       relearning curves: model, step, value, threshold, unit
     summary.csv, summary.json   one row per strategy and seed, plus ``original``
 
-Retrain runs first: its test accuracy is the recovery target and every metric is also reported
-as its gap to retrain's (same seed). A strategy whose result.json exists is not run again.
+The reference (the strategy from scratch, retrain unless another is listed) runs first: its test
+accuracy is the recovery target and every metric is also reported as its gap to the reference's
+(same seed). A strategy whose result.json exists is not run again.
 """
 
 from __future__ import annotations
@@ -25,24 +26,19 @@ from fedunlearn.data import federated_data
 from fedunlearn.evaluation import Scorer
 from fedunlearn.evaluation.metrics import METRICS, ModelView, evaluate_all
 from fedunlearn.evaluation.probe import ProbeResult, delay_ratio, reaches, threshold
-from fedunlearn.federation import Federation
+from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
+from fedunlearn.parts import check_parts
 from fedunlearn.phases.forget import load_snapshot, run_strategy
-from fedunlearn.phases.probe import metric_value, probe_models
+from fedunlearn.phases.probe import metric_value, probe_models, write_probes
 from fedunlearn.phases.train import train_phase
 from fedunlearn.results import RunDir, csv_text
+from fedunlearn.strategies import StrategySpec
 
 METRIC_COLUMNS = list(METRICS)
-SUMMARY_COLUMNS = ["strategy", "seed", *METRIC_COLUMNS, "recovery_rounds", "recovery_censored", "relearn_delay",
-                   "relearn_censored", "relearn_ratio_to_retrain", "relearn_auc", "relearn_unit", "rounds",
-                   "client_epochs", "bytes_exchanged", "wall_s", "notes"]
-PROBE_COLUMNS = ["model", "step", "value", "threshold", "unit", "metric"]
-
-
-def ordered_strategies(cfg: ExperimentConfig) -> list[str]:
-    """Retrain first (the reference), then the others in the order listed."""
-    names = list(dict.fromkeys(cfg.forgetting.strategies))
-    return ["retrain"] + [n for n in names if n != "retrain"]
+SUMMARY_COLUMNS = ["strategy", "seed", "from_scratch", *METRIC_COLUMNS, "recovery_rounds", "recovery_censored",
+                   "relearn_delay", "relearn_censored", "relearn_ratio_to_retrain", "relearn_auc", "relearn_unit",
+                   "rounds", "client_epochs", "bytes_exchanged", "wall_s", "notes"]
 
 
 def gap_columns(columns: list[str]) -> list[str]:
@@ -50,8 +46,14 @@ def gap_columns(columns: list[str]) -> list[str]:
 
 
 def with_gaps(rows: list[dict]) -> list[dict]:
-    """Add ``gap_<metric>`` = |metric − retrain's metric| (same seed) to every row."""
-    reference = {r["seed"]: r for r in rows if r["strategy"] == "retrain"}
+    """Add ``gap_<metric>`` = |metric − the reference's metric| (same seed) to every row.
+
+    The reference is the row of the strategy from scratch (``from_scratch``), retrain by default.
+    """
+    reference = {}
+    for r in rows:
+        if r.get("from_scratch") is True:
+            reference.setdefault(r["seed"], r)
     for r in rows:
         ref = reference.get(r["seed"], {})
         for m in METRIC_COLUMNS:
@@ -115,76 +117,83 @@ def check_separation(cfg: ExperimentConfig, scorer: Scorer, original: list, retr
                           "forget_loss")
 
 
-def probe_columns(results: dict[str, dict[str, ProbeResult]], name: str) -> dict:
+def probe_columns(results: dict[str, dict[str, ProbeResult]], name: str, reference: str) -> dict:
     """The relearn_* columns of one model; the first mode is unprefixed, others ``relearn_<mode>_*``."""
     out = {}
     for i, (mode, by_model) in enumerate(results.items()):
         res, prefix = by_model[name], "relearn" if i == 0 else f"relearn_{mode}"
-        _, ratio = delay_ratio(res, by_model["retrain"])
+        _, ratio = delay_ratio(res, by_model[reference])
         out.update({f"{prefix}_delay": res.delay_text, f"{prefix}_censored": res.censored,
                     f"{prefix}_ratio_to_retrain": ratio, f"{prefix}_auc": res.auc, f"{prefix}_unit": res.unit})
     return out
 
 
-def write_probes(seed_dir: Path, results: dict[str, dict[str, ProbeResult]]) -> None:
-    for mode, by_model in results.items():
-        rows = [{"model": name, "step": i, "value": v, "threshold": r.tau, "unit": r.unit, "metric": r.metric}
-                for name, r in by_model.items() for i, v in enumerate(r.curve)]
-        atomic_write_text(seed_dir / "probe" / f"{mode}.csv", csv_text(rows, PROBE_COLUMNS))
-
-
-def compare_seed(fed: Federation, cfg: ExperimentConfig, out: Path, rows: list[dict], log=print) -> None:
+def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpec], out: Path, rows: list[dict],
+                 log=print) -> None:
     """Train (or resume) seed ``cfg.seed``, run every strategy, score and probe every model.
 
     Rows go into ``rows`` and the summary is rewritten after each strategy, so a failure loses
-    nothing already done.
+    nothing already done. The forget set and the scorer are built once here.
     """
     seed_dir = out / f"seed-{cfg.seed}"
     train_dir = seed_dir / "train"
+    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forgotten_clients())
     log(f"[seed {cfg.seed}] training {cfg.train.rounds} rounds")
-    trained = train_phase(fed, cfg, train_dir, resume=(train_dir / "checkpoint").exists(), log=log)
-    forgotten = sorted(c for r in cfg.forget_requests() for c in r.clients)
-    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), forgotten)
+    trained = train_phase(fed, cfg, train_dir, scorer, resume=(train_dir / "checkpoint").exists(), log=log)
     original = scorer.summary_metrics(trained.weights)
     check_original(cfg, original)
     snapshot = load_snapshot(cfg, train_dir, cfg.forget_requests()[0].round, scorer.initial_weights())
-    seed_rows = [{"strategy": "original", "seed": cfg.seed, **original}]
+    seed_rows = [{"strategy": "original", "seed": cfg.seed, "from_scratch": False, **original}]
     models = {"original": trained.weights}
-    retrain_acc = None
-    for name in ordered_strategies(cfg):
-        sdir = seed_dir / "strategies" / name
+    reference, target = specs[0], None  # resolve_strategies puts the reference first
+    for spec in specs:
+        sdir = seed_dir / "strategies" / spec.label
         if (sdir / "result.json").exists():
-            log(f"[seed {cfg.seed}] {name}: already done, reusing {sdir}")
+            log(f"[seed {cfg.seed}] {spec.label}: already done, reusing {sdir}")
             weights, _ = RunDir(sdir).load_checkpoint()
             row = json.loads((sdir / "result.json").read_text())
         else:
-            log(f"[seed {cfg.seed}] {name}")
-            outcome = run_strategy(fed, cfg, name, snapshot, sdir, retrain_acc, log=log)
+            log(f"[seed {cfg.seed}] {spec.label}")
+            outcome = run_strategy(fed, cfg, spec, snapshot, sdir, scorer, target, log=log)
             weights, row = outcome.weights, outcome.row()
-        models[name] = weights
+        models[spec.label] = weights
         metrics = scorer.summary_metrics(weights)
-        if name == "retrain":
-            retrain_acc = metrics["test_acc"]
+        if spec is reference:
+            target = metrics["test_acc"]
             check_separation(cfg, scorer, trained.weights, weights)
         seed_rows.append({**row, "seed": cfg.seed, **metrics})
         write_summary(out, rows + seed_rows)
-    retrain_view = ModelView.of(scorer, models["retrain"])
+    reference_view = ModelView.of(scorer, models[reference.label])
     for r in seed_rows:
-        r.update(evaluate_all(scorer, models[r["strategy"]], retrain_view))
+        r.update(evaluate_all(scorer, models[r["strategy"]], reference_view))
     if cfg.probe.enabled:
         log(f"[seed {cfg.seed}] relearning-delay probe ({cfg.probe_metric()}, modes {cfg.probe.modes})")
         results = probe_models(fed, cfg, scorer, trained.weights, models, log=log)
         write_probes(seed_dir, results)
         for r in seed_rows:
-            r.update(probe_columns(results, r["strategy"]))
+            r.update(probe_columns(results, r["strategy"], reference.label))
     rows += seed_rows
     write_summary(out, rows)
 
 
+def check_comparison(cfg: ExperimentConfig, seeds: int = 1) -> list[StrategySpec]:
+    """What a comparison needs beyond a valid experiment: a request, seeds, valid parts."""
+    if not cfg.forget:
+        raise ConfigError("forget: the experiment has no [[forget]] request; add one, e.g. [[forget]] clients = [0]")
+    if seeds < 1:
+        raise ConfigError("--seeds: must be >= 1")
+    return check_parts(cfg)
+
+
 def compare(fed: Federation, cfg: ExperimentConfig, out: str | Path, seeds: int = 1, log=print) -> list[dict]:
-    """The comparison over ``seeds`` seeds (cfg.seed, cfg.seed + 1, ...)."""
+    """The comparison over ``seeds`` seeds (cfg.seed, cfg.seed + 1, ...), written to ``out``.
+
+    Checks every part first (:func:`check_comparison`, as the CLI does), and writes the config.
+    """
+    specs = check_comparison(cfg, seeds)
     out = Path(out)
+    RunDir(out).write_config(cfg)
     rows: list[dict] = []
     for s in range(cfg.seed, cfg.seed + seeds):
-        compare_seed(fed, dataclasses.replace(cfg, seed=s), out, rows, log)
+        compare_seed(fed, dataclasses.replace(cfg, seed=s), specs, out, rows, log)
     return with_gaps(rows)

@@ -3,9 +3,10 @@
 For each request (in round order) the strategy's unlearning step runs on the current model, then
 recovery rounds over the remaining clients; between requests, and after the last one until
 ``train.rounds`` regular rounds have run in all, regular FedAvg rounds go on over the remaining
-clients. Retrain ignores the timeline: FedAvg from the initial weights over the clients never
-forgotten. Every round is evaluated (test and forget accuracy) and counted (rounds, client-epochs,
-bytes, seconds).
+clients. A strategy from scratch (retrain) ignores the timeline: FedAvg from the initial weights
+over the clients never forgotten. :class:`Timeline` runs every round through one runner that
+evaluates it (test and forget accuracy), counts it (rounds, client-epochs, bytes, seconds) and
+stops on NaN or Inf.
 """
 
 from __future__ import annotations
@@ -17,26 +18,26 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from flwr.app import ArrayRecord
+from flwr.serverapp.strategy import Strategy
 
-from fedunlearn.config import ExperimentConfig, strategy_variant
+from fedunlearn.arrays import Weights, all_finite
+from fedunlearn.config import (
+    ConfigError,
+    ExperimentConfig,
+    ForgetRequest,
+    load_config,
+    validate_requests,
+)
 from fedunlearn.data import federated_data
 from fedunlearn.evaluation import Scorer
-from fedunlearn.federation import Federation
+from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
+from fedunlearn.parts import check_parts
 from fedunlearn.results import RunDir, csv_text
 from fedunlearn.store import PseudoGradientStore
-from fedunlearn.strategies import (
-    STRATEGIES,
-    RecordingFedAvg,
-    Unlearner,
-    UnlearningContext,
-    UnlearningError,
-)
-from fedunlearn.strategies.base import all_finite
+from fedunlearn.strategies import StrategySpec, UnlearningContext, UnlearningError, strategy_spec
 
-Weights = list[np.ndarray]
 TRAJECTORY_COLUMNS = ["strategy", "round", "phase", "test_acc", "forget_acc", "backdoor_asr"]
 
 
@@ -69,13 +70,15 @@ class StrategyOutcome:
     weights: Weights
     trajectory: list[dict]
     cost: Cost
+    from_scratch: bool = False
     recovery_rounds: int | None = None
     recovery_censored: bool = False
     notes: dict = field(default_factory=dict)
 
     def row(self) -> dict:
         """The cost and recovery columns of this strategy's summary row."""
-        return {"strategy": self.name, "recovery_rounds": "" if self.recovery_rounds is None else self.recovery_rounds,
+        return {"strategy": self.name, "from_scratch": self.from_scratch,
+                "recovery_rounds": "" if self.recovery_rounds is None else self.recovery_rounds,
                 "recovery_censored": self.recovery_censored if self.recovery_rounds is not None else "",
                 "rounds": self.cost.rounds, "client_epochs": self.cost.client_epochs,
                 "bytes_exchanged": self.cost.bytes_exchanged, "wall_s": round(self.cost.wall_s, 3),
@@ -91,94 +94,113 @@ def load_snapshot(cfg: ExperimentConfig, train_dir: str | Path, server_round: in
                     PseudoGradientStore.load(run.store, budget), init_weights)
 
 
-def run_strategy(fed: Federation, cfg: ExperimentConfig, name: str, snapshot: Snapshot, out: str | Path,
-                 retrain_test_acc: float | None = None, log=print) -> StrategyOutcome:
-    """Run strategy ``name``'s whole timeline and write its trajectory, model and result to ``out``.
+class Timeline:
+    """One strategy's rounds from the snapshot: regular rounds, unlearning steps, recovery.
 
-    ``retrain_test_acc`` is the recovery target of ``forgetting.recovery = "until-retrain"``;
-    without it recovery runs a fixed ``forgetting.recovery_rounds`` rounds.
+    Parameters
+    ----------
+    fed, cfg, spec
+        The running federation, the experiment, and the strategy to run.
+    snapshot
+        Where the timeline starts (and the history it may read).
+    scorer
+        Evaluates every round (built once per seed by the caller).
+    store
+        Records the pseudo-gradients of this timeline's rounds.
+    retrain_test_acc
+        The recovery target of ``forgetting.recovery = "until-retrain"``; without it recovery runs
+        a fixed ``forgetting.recovery_rounds`` rounds.
     """
-    base, forgetting = strategy_variant(name, cfg.forgetting)
-    cfg = dataclasses.replace(cfg, forgetting=forgetting)
-    unlearner: Unlearner = STRATEGIES[base](forgetting)
-    requests = cfg.forget_requests()
-    forgotten_all = sorted(c for r in requests for c in r.clients)
-    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), forgotten_all)
-    run = RunDir(out)
-    store = PseudoGradientStore(run.store, cfg.store.history, int(cfg.store.ram_budget_mb * 2**20), cfg.store.dtype)
-    store.copy_latest_from(snapshot.store)
-    outcome = StrategyOutcome(name, snapshot.weights, [], Cost())  # a variant keeps its whole spec as name
-    t0 = time.perf_counter()
 
-    def run_round(strategy: RecordingFedAvg, weights: Weights, rnd: int, phase: str) -> Weights:
-        arrays, _ = fed.train_round(strategy, ArrayRecord(weights), rnd)
+    def __init__(self, fed: Federation, cfg: ExperimentConfig, spec: StrategySpec, snapshot: Snapshot,
+                 scorer: Scorer, store: PseudoGradientStore, retrain_test_acc: float | None = None, log=print) -> None:
+        self.fed, self.cfg, self.spec, self.snapshot, self.scorer = fed, cfg, spec, snapshot, scorer
+        self.store, self.target, self.log = store, retrain_test_acc, log
+        self.unlearner = spec.build()
+        self.outcome = StrategyOutcome(spec.label, snapshot.weights, [], Cost(), from_scratch=spec.from_scratch)
+        store.copy_latest_from(snapshot.store)
+
+    # -- the one round runner --------------------------------------------------------------
+    def run_round(self, strategy: Strategy, weights: Weights, rnd: int, phase: str) -> Weights:
+        """One Flower round of ``strategy``, evaluated, counted and checked for NaN/Inf."""
+        arrays, _ = self.fed.train_round(strategy, ArrayRecord(weights), rnd)
         new = arrays.to_numpy_ndarrays()
-        check_finite(unlearner, new, f"round {rnd} ({phase})")
-        rep = strategy.report
-        outcome.cost.rounds += 1
-        outcome.cost.client_epochs += rep.client_epochs
-        outcome.cost.bytes_exchanged += rep.bytes_exchanged
-        m = scorer.round_metrics(new)
-        outcome.trajectory.append({"strategy": name, "round": rnd, "phase": phase, **{k: m[k] for k in TRAJECTORY_COLUMNS[3:]}})
-        log(f"  {name} round {rnd} [{phase}] test_acc={m['test_acc']:.4f} forget_acc={m['forget_acc']:.4f}"
-            + ("" if math.isnan(m["backdoor_asr"]) else f" backdoor_asr={m['backdoor_asr']:.3f}"))
+        self.check_finite(new, f"round {rnd} ({phase})")
+        rep, cost = strategy.report, self.outcome.cost
+        cost.rounds += 1
+        cost.client_epochs += rep.client_epochs
+        cost.bytes_exchanged += rep.bytes_exchanged
+        m = self.scorer.round_metrics(new)
+        self.outcome.trajectory.append({"strategy": self.spec.label, "round": rnd, "phase": phase,
+                                        **{k: m[k] for k in TRAJECTORY_COLUMNS[3:]}})
+        self.log(f"  {self.spec.label} round {rnd} [{phase}] test_acc={m['test_acc']:.4f} "
+                 f"forget_acc={m['forget_acc']:.4f}"
+                 + ("" if math.isnan(m["backdoor_asr"]) else f" backdoor_asr={m['backdoor_asr']:.3f}"))
         return new
 
-    def context(weights: Weights, clock: int, forgotten: list[int], gone: list[int]) -> UnlearningContext:
-        remaining = [c for c in range(cfg.data.num_clients) if c not in gone]
-        history = [(snapshot.history, snapshot.server_round), (store, 10**9)]
-        return UnlearningContext(cfg, fed.node_of, weights, clock, store, history, forgotten, remaining,
-                                 snapshot.init_weights, run_round, outcome.notes)
+    def check_finite(self, weights: Weights, where: str) -> None:
+        if not all_finite(weights):
+            size = self.spec.describe_step(self.unlearner)
+            raise UnlearningError(f"{self.spec.label}: {where} left NaN or Inf in the weights"
+                                  + (f" at {size}; lower the step size" if size else ""))
 
-    if unlearner.from_scratch:
-        weights = unlearner.unlearn(context(snapshot.init_weights, 0, forgotten_all, forgotten_all))
-    else:
-        weights, clock, gone, regular = snapshot.weights, snapshot.server_round, [], snapshot.server_round
-        for req in requests:
-            before = context(weights, clock, [], gone)
-            weights = continue_regular(before, weights, req.round - regular)
-            ctx = context(weights, before.clock, req.clients, gone + req.clients)
-            weights = unlearner.unlearn(ctx)
-            check_finite(unlearner, weights, "the unlearning step")
-            if unlearner.recovers:
-                weights = recover(ctx, unlearner, weights, scorer, retrain_test_acc, outcome)
-            clock, gone, regular = ctx.clock, gone + req.clients, req.round
-        ctx = context(weights, clock, [], gone)
-        weights = continue_regular(ctx, weights, cfg.train.rounds - regular)
-    outcome.weights = weights
-    outcome.cost.wall_s = time.perf_counter() - t0
+    def context(self, weights: Weights, clock: int, forgotten: list[int], gone: list[int]) -> UnlearningContext:
+        remaining = [c for c in range(self.cfg.data.num_clients) if c not in gone]
+        history = [(self.snapshot.history, self.snapshot.server_round), (self.store, 10**9)]
+        return UnlearningContext(self.cfg, self.fed.node_of, weights, clock, self.store, history, forgotten,
+                                 remaining, self.snapshot.init_weights, self.run_round, self.outcome.notes)
+
+    # -- the phases of a timeline ----------------------------------------------------------
+    def regular(self, ctx: UnlearningContext, weights: Weights, rounds: int) -> Weights:
+        """``rounds`` regular FedAvg rounds over the remaining clients."""
+        for _ in range(rounds):
+            weights = ctx.next_round(ctx.fedavg(), weights, "regular")
+        return weights
+
+    def recover(self, ctx: UnlearningContext, weights: Weights) -> Weights:
+        """Recovery rounds: until test accuracy reaches the target (cap ``recovery_rounds``) or fixed."""
+        f, outcome = self.cfg.forgetting, self.outcome
+        until = f.recovery == "until-retrain" and self.target is not None
+        target = self.target - f.recovery_tolerance if until else 0.0
+        done = 0
+        while done < f.recovery_rounds and not (until and self.scorer.test(weights)[0] >= target):
+            done += 1
+            weights = ctx.next_round(self.unlearner.recovery_strategy(ctx, done), weights, "recover")
+        outcome.recovery_rounds = (outcome.recovery_rounds or 0) + done
+        outcome.recovery_censored = outcome.recovery_censored or (until and self.scorer.test(weights)[0] < target)
+        return weights
+
+    def run(self) -> StrategyOutcome:
+        t0 = time.perf_counter()
+        requests, snap = self.cfg.forget_requests(), self.snapshot
+        if self.spec.from_scratch:
+            forgotten = self.cfg.forgotten_clients()
+            weights = self.unlearner.unlearn(self.context(snap.init_weights, 0, forgotten, forgotten))
+        else:
+            weights, clock, gone, regular = snap.weights, snap.server_round, [], snap.server_round
+            for req in requests:
+                before = self.context(weights, clock, [], gone)
+                weights = self.regular(before, weights, req.round - regular)
+                ctx = self.context(weights, before.clock, req.clients, gone + req.clients)
+                weights = self.unlearner.unlearn(ctx)
+                self.check_finite(weights, "the unlearning step")
+                if self.unlearner.recovers:
+                    weights = self.recover(ctx, weights)
+                clock, gone, regular = ctx.clock, gone + req.clients, req.round
+            weights = self.regular(self.context(weights, clock, [], gone), weights, self.cfg.train.rounds - regular)
+        self.outcome.weights = weights
+        self.outcome.cost.wall_s = time.perf_counter() - t0
+        return self.outcome
+
+
+def run_strategy(fed: Federation, cfg: ExperimentConfig, spec: StrategySpec, snapshot: Snapshot, out: str | Path,
+                 scorer: Scorer, retrain_test_acc: float | None = None, log=print) -> StrategyOutcome:
+    """Run ``spec``'s whole timeline and write its trajectory, model and result to ``out``."""
+    run = RunDir(out)
+    store = PseudoGradientStore(run.store, cfg.store.history, int(cfg.store.ram_budget_mb * 2**20), cfg.store.dtype)
+    outcome = Timeline(fed, cfg, spec, snapshot, scorer, store, retrain_test_acc, log).run()
     write_outcome(run, outcome)
     return outcome
-
-
-def continue_regular(ctx: UnlearningContext, weights: Weights, rounds: int) -> Weights:
-    """``rounds`` regular FedAvg rounds over the remaining clients."""
-    for _ in range(rounds):
-        weights = ctx.next_round(ctx.fedavg(), weights, "regular")
-    return weights
-
-
-def recover(ctx: UnlearningContext, unlearner: Unlearner, weights: Weights, scorer: Scorer,
-            target: float | None, outcome: StrategyOutcome) -> Weights:
-    """Recovery rounds: until test accuracy reaches ``target`` (cap ``recovery_rounds``) or fixed."""
-    f = ctx.cfg.forgetting
-    until = f.recovery == "until-retrain" and target is not None
-    if until:
-        target -= f.recovery_tolerance
-    done = 0
-    while done < f.recovery_rounds and not (until and scorer.test(weights)[0] >= target):
-        done += 1
-        weights = ctx.next_round(unlearner.recovery_strategy(ctx, done), weights, "recover")
-    outcome.recovery_rounds = (outcome.recovery_rounds or 0) + done
-    outcome.recovery_censored = outcome.recovery_censored or (until and scorer.test(weights)[0] < target)
-    return weights
-
-
-def check_finite(unlearner: Unlearner, weights: Weights, where: str) -> None:
-    if not all_finite(weights):
-        size = unlearner.step_size()
-        raise UnlearningError(f"{unlearner.name}: {where} left NaN or Inf in the weights"
-                              + (f" at {size}; lower the step size" if size else ""))
 
 
 def write_outcome(run: RunDir, outcome: StrategyOutcome) -> None:
@@ -186,3 +208,64 @@ def write_outcome(run: RunDir, outcome: StrategyOutcome) -> None:
     atomic_write_text(run.path / "trajectory.csv", csv_text(outcome.trajectory, TRAJECTORY_COLUMNS))
     run.save_checkpoint(outcome.weights, outcome.trajectory[-1]["round"] if outcome.trajectory else 0)
     atomic_write_text(run.path / "result.json", json.dumps(outcome.row(), indent=1))
+
+
+@dataclass
+class ForgetJob:
+    """``fedunlearn forget``: a trained run, a request after its last round, and one strategy."""
+
+    cfg: ExperimentConfig
+    spec: StrategySpec
+    snapshot: Snapshot
+    scorer: Scorer
+
+    def run(self, fed: Federation, out: Path, log=print) -> list[dict]:
+        """The strategy's timeline; rows ``original`` and the strategy, with their metrics."""
+        outcome = run_strategy(fed, self.cfg, self.spec, self.snapshot, out / "strategies" / self.spec.label,
+                               self.scorer, log=log)
+        seed = self.cfg.seed
+        return [{"strategy": "original", "seed": seed, **self.scorer.summary_metrics(self.snapshot.weights)},
+                {**outcome.row(), "seed": seed, **self.scorer.summary_metrics(outcome.weights)}]
+
+
+def trained_run(run_dir: str | Path) -> RunDir:
+    """The run folder ``fedunlearn train`` wrote, or ConfigError saying what to do."""
+    run = RunDir(run_dir)
+    if not run.config.exists() or not run.checkpoint.exists():
+        raise ConfigError(f"RUN_DIR: {run_dir} holds no trained run (config.toml and checkpoint/); "
+                          "run `fedunlearn train` first")
+    return run
+
+
+def prepare_forget(run_dir: str | Path, clients: list[int], strategy: str, recovery_rounds: int | None,
+                   overrides: list[str]) -> ForgetJob:
+    """Check a forget request against a trained run and build what its timeline starts from.
+
+    Only ``forgetting.*`` settings may change: the federation is the trained run's. Recovery runs a
+    fixed number of rounds (there is no retrained reference to recover towards).
+    """
+    run = trained_run(run_dir)
+    bad = [o for o in overrides if not o.startswith("forgetting.")]
+    if bad:
+        raise ConfigError(f"--set {bad[0]}: forget only takes forgetting.* overrides; the federation is the trained run's")
+    cfg = load_config(run.config, overrides)
+    weights, last_round = run.load_checkpoint()
+    request = ForgetRequest(list(clients), last_round)
+    validate_requests([request], cfg.data.num_clients, last_round, "--client")
+    if recovery_rounds is not None and recovery_rounds < 0:
+        raise ConfigError("--recovery-rounds: must be >= 0")
+    forgetting = dataclasses.replace(cfg.forgetting, strategies=[strategy], recovery="fixed",
+                                     recovery_rounds=cfg.forgetting.recovery_rounds if recovery_rounds is None
+                                     else recovery_rounds)
+    request.clients.sort()
+    cfg = dataclasses.replace(cfg, forget=[request], forgetting=forgetting,
+                              train=dataclasses.replace(cfg.train, rounds=last_round))
+    try:
+        check_parts(cfg)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("forgetting.strategies:", "--strategy:", 1)
+                          .replace("set store.history = true", "train with --set store.history=true")) from None
+    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), request.clients)
+    store = PseudoGradientStore.load(run.store, int(cfg.store.ram_budget_mb * 2**20))
+    snapshot = Snapshot(weights, last_round, store, store, scorer.initial_weights())
+    return ForgetJob(cfg, strategy_spec(strategy, cfg.forgetting), snapshot, scorer)

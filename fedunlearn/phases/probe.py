@@ -9,19 +9,34 @@ starts its probe on the same clock, so all get the same client randomness.
 
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
 from flwr.app import ArrayRecord
 
-from fedunlearn.config import ExperimentConfig
+from fedunlearn.arrays import Weights
+from fedunlearn.config import (
+    ConfigError,
+    ExperimentConfig,
+    ForgetRequest,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    validate_requests,
+)
+from fedunlearn.data import federated_data
 from fedunlearn.evaluation import Scorer
 from fedunlearn.evaluation.probe import ProbeResult, threshold
-from fedunlearn.federation import Federation
+from fedunlearn.flower.runtime import Federation
+from fedunlearn.io import atomic_write_text
+from fedunlearn.results import RunDir, csv_text
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import RecordingFedAvg
 from fedunlearn.training import get_weights, set_weights, train_local
 
-Weights = list[np.ndarray]
 PROBE_CLOCK = 100_000  # probe rounds are numbered from here, apart from every training round
+PROBE_COLUMNS = ["model", "step", "value", "threshold", "unit", "metric"]
 
 
 def metric_value(scorer: Scorer, weights: Weights, metric: str) -> float:
@@ -76,3 +91,51 @@ def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, origina
             log(f"  probe [{mode}] {name}: {metric} {res.curve[0]:.3f} -> {res.curve[-1]:.3f}, "
                 f"delay {res.delay_text} {res.unit} (threshold {tau:.3f})")
     return results
+
+
+def write_probes(out: Path, results: dict[str, dict[str, ProbeResult]]) -> None:
+    """The curves of every mode to ``out/probe/MODE.csv``."""
+    for mode, by_model in results.items():
+        rows = [{"model": name, "step": i, "value": v, "threshold": r.tau, "unit": r.unit, "metric": r.metric}
+                for name, r in by_model.items() for i, v in enumerate(r.curve)]
+        atomic_write_text(out / "probe" / f"{mode}.csv", csv_text(rows, PROBE_COLUMNS))
+
+
+@dataclass
+class ProbeJob:
+    """``fedunlearn probe``: a trained run's model as the original, and the models to probe against it."""
+
+    cfg: ExperimentConfig
+    scorer: Scorer
+    original: Weights
+    models: dict[str, Weights]
+
+    def run(self, fed: Federation, log=print) -> dict[str, dict[str, ProbeResult]]:
+        return probe_models(fed, self.cfg, self.scorer, self.original, self.models, log=log)
+
+
+def prepare_probe(run_dir: str | Path, clients: list[int], metric: str, mode: str, max_rounds: int | None,
+                  model_dirs: list[str]) -> ProbeJob:
+    """Check a probe request against a trained run; the original is that run's model."""
+    run = RunDir(run_dir)
+    if not run.config.exists() or not run.checkpoint.exists():
+        raise ConfigError(f"RUN_DIR: {run_dir} holds no trained run; run `fedunlearn train` first")
+    cfg = load_config(run.config)
+    request = ForgetRequest(list(clients), 1)
+    validate_requests([request], cfg.data.num_clients, 1, "--client")
+    request.clients.sort()
+    probe = dataclasses.replace(cfg.probe, metric=metric, modes=[mode], max_rounds=max_rounds or cfg.probe.max_rounds)
+    raw = config_to_dict(dataclasses.replace(cfg, probe=probe, forget=[request]))
+    try:
+        cfg = config_from_dict(raw)  # re-validated with this command's settings
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("probe.metric:", "--metric:").replace("probe.max_rounds:", "--max-rounds:")) from None
+    original, _ = run.load_checkpoint()
+    models = {"original": original}
+    for path in model_dirs:
+        model = RunDir(path)
+        if not model.checkpoint.exists():
+            raise ConfigError(f"--model: {path} holds no checkpoint/global.npz; pass a strategy folder "
+                              "(e.g. RUN/forget-puf/strategies/puf) or a training run")
+        models[Path(path).name], _ = model.load_checkpoint()
+    return ProbeJob(cfg, Scorer(cfg, federated_data(cfg.data, cfg.seed), request.clients), original, models)

@@ -6,13 +6,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from flwr.app import ArrayRecord
 
+from fedunlearn.arrays import Weights
 from fedunlearn.config import ExperimentConfig
-from fedunlearn.data import federated_data
 from fedunlearn.evaluation import Scorer
-from fedunlearn.federation import Federation
+from fedunlearn.flower.runtime import Federation
 from fedunlearn.results import RunDir, read_csv
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import RecordingFedAvg
@@ -22,7 +21,7 @@ from fedunlearn.strategies import RecordingFedAvg
 class TrainResult:
     """The trained global weights, the per-round table and the store."""
 
-    weights: list[np.ndarray]
+    weights: Weights
     rows: list[dict]
     store: PseudoGradientStore
 
@@ -34,18 +33,17 @@ def open_store(cfg: ExperimentConfig, run: RunDir, resume: bool) -> PseudoGradie
     return PseudoGradientStore(run.store, cfg.store.history, budget, cfg.store.dtype)
 
 
-def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, resume: bool = False,
+def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, scorer: Scorer, resume: bool = False,
                 log=print) -> TrainResult:
     """Run ``cfg.train.rounds`` FedAvg rounds over every client, writing to the run folder ``out``.
 
     With ``resume`` and a checkpoint in ``out``, training continues after the checkpointed round;
     rounds.csv keeps the rows up to it. The result is the same as an uninterrupted run, because
-    every random choice is seeded by (seed, round, client).
+    every random choice is seeded by (seed, round, client). ``scorer`` evaluates every round (its
+    forget set is the experiment's forgotten clients).
     """
     run = RunDir(out)
-    data = federated_data(cfg.data, cfg.seed)
-    evaluator = Scorer(cfg, data, sorted(c for r in cfg.forget_requests() for c in r.clients))
-    weights, start, rows = evaluator.initial_weights(), 0, []
+    weights, start, rows = scorer.initial_weights(), 0, []
     if resume and run.checkpoint.exists():
         weights, start = run.load_checkpoint()
         rows = [r for r in read_csv(run.rounds) if int(r["round"]) <= start] if run.rounds.exists() else []
@@ -61,7 +59,7 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, resume:
     for rnd in range(start + 1, t.rounds + 1):
         arrays, _ = fed.train_round(strategy, arrays, rnd)
         weights = arrays.to_numpy_ndarrays()
-        m = evaluator.round_metrics(weights)
+        m = scorer.round_metrics(weights)
         acc, loss = m["test_acc"], m["test_loss"]
         rep = strategy.report
         failures += [f"round {rnd}: {f}" for f in rep.failures]

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fedunlearn.report.report import read_summary  # noqa: E402
 from fedunlearn.results import read_csv  # noqa: E402
 
 GAP_METRICS = ["test_acc", "retain_acc", "forget_acc", "mia_efficacy", "mia_yeom", "backdoor_asr"]
@@ -40,7 +41,7 @@ def _has_backdoor(rows: list[dict]) -> bool:
     return any(not math.isnan(_f(r.get("backdoor_asr"))) for r in rows)
 
 
-def accuracy_over_rounds(out: Path, seed_dir: Path, names: list[str], backdoor: bool) -> Path:
+def accuracy_over_rounds(out: Path, seed_dir: Path, names: list[str], scratch: set[str], backdoor: bool) -> Path:
     panels = [("test_acc", "test accuracy"), ("forget_acc", "forget accuracy (forgotten clients' train data)")]
     if backdoor:
         panels.append(("backdoor_asr", "backdoor attack success rate"))
@@ -57,9 +58,9 @@ def accuracy_over_rounds(out: Path, seed_dir: Path, names: list[str], backdoor: 
                 continue
             traj = read_csv(path)
             xs, ys = [int(r["round"]) for r in traj], [_f(r[key]) for r in traj]
-            if name != "retrain":  # the others continue from the pre-forget model
+            if name not in scratch:  # the others continue from the pre-forget model
                 xs, ys = [forget_round] + xs, [_f(train[-1][key])] + ys
-            ax.plot(xs, ys, color=colors[name], label=name, lw=1.4, ls="--" if name == "retrain" else "-")
+            ax.plot(xs, ys, color=colors[name], label=name, lw=1.4, ls="--" if name in scratch else "-")
         ax.axvline(forget_round, color="black", ls=":", lw=1)
         ax.text(forget_round, 0.04, " forget request", transform=ax.get_xaxis_transform(), fontsize=8)
         ax.set_ylabel(label.split(" (")[0] + " (fraction)")
@@ -111,9 +112,9 @@ def relearning_curves(out: Path, seed_dir: Path, rows: list[dict]) -> Path | Non
     return _save(fig, out / "relearning_curves.png")
 
 
-def gaps_to_retrain(out: Path, rows: list[dict], names: list[str]) -> Path:
+def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[str]) -> Path:
     metrics = [m for m in GAP_METRICS if any(not math.isnan(_f(r.get(f"gap_{m}"))) for r in rows)]
-    shown = ["original"] + [n for n in names if n != "retrain"]
+    shown = ["original"] + [n for n in names if n not in scratch]
     colors = _colors(["original"] + names)
     fig, ax = plt.subplots(figsize=(11, 4.5))
     width = 0.8 / len(shown)
@@ -164,11 +165,12 @@ def _save(fig, path: Path) -> Path:
 def draw_all(run_dir: str | Path) -> list[Path]:
     """Draw every figure of a comparison folder into ``run_dir/plots``; returns the files written."""
     run_dir = Path(run_dir)
-    rows = read_csv(run_dir / "summary.csv")
+    rows = read_summary(run_dir)
     names = list(dict.fromkeys(r["strategy"] for r in rows if r["strategy"] != "original"))
+    scratch = {r["strategy"] for r in rows if r.get("from_scratch") == "True"} or {"retrain"}
     seed_dir = sorted(run_dir.glob("seed-*"))[0]
     out = run_dir / "plots"
     backdoor = _has_backdoor(rows)
-    drawn = [accuracy_over_rounds(out, seed_dir, names, backdoor), relearning_curves(out, seed_dir, rows),
-             gaps_to_retrain(out, rows, names), cost_vs_quality(out, rows, names, backdoor)]
+    drawn = [accuracy_over_rounds(out, seed_dir, names, scratch, backdoor), relearning_curves(out, seed_dir, rows),
+             gaps_to_retrain(out, rows, names, scratch), cost_vs_quality(out, rows, names, backdoor)]
     return [p for p in drawn if p is not None]

@@ -10,6 +10,7 @@ import numpy as np
 
 from fedunlearn.io import atomic_write_text
 from fedunlearn.results import read_csv
+from fedunlearn.settings import ConfigError
 
 TABLE = ["test_acc", "retain_acc", "forget_acc", "mia_efficacy", "backdoor_asr", "weight_dist_to_retrain",
          "pred_kl_to_retrain", "recovery_rounds", "relearn_delay", "relearn_ratio_to_retrain", "relearn_auc",
@@ -29,9 +30,21 @@ def _cell(values: list[str]) -> str:
     return f"{np.mean(nums):.3g}" + (f" ± {np.std(nums):.2g}" if len(nums) > 1 else "")
 
 
+def read_summary(run_dir: str | Path) -> list[dict]:
+    """The rows of ``run_dir/summary.csv``, or ConfigError when the folder holds no results."""
+    path = Path(run_dir) / "summary.csv"
+    try:
+        rows = read_csv(path) if path.is_file() else []
+    except (OSError, UnicodeDecodeError, ValueError):
+        rows = []
+    if not rows or not {"strategy", "seed"} <= set(rows[0]):
+        raise ConfigError(f"RUN_DIR: {run_dir} has no readable summary.csv; pass a folder written by `fedunlearn run`")
+    return rows
+
+
 def write_report(run_dir: str | Path, plots: list[Path]) -> Path:
     run_dir = Path(run_dir)
-    rows = read_csv(run_dir / "summary.csv")
+    rows = read_summary(run_dir)
     by = defaultdict(list)
     for r in rows:
         by[r["strategy"]].append(r)

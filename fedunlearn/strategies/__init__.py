@@ -1,33 +1,149 @@
-"""Server strategies, one file each.
+"""Unlearning strategies, one file each, and the registries that name them.
 
-:class:`RecordingFedAvg` is the federation's FedAvg; :data:`STRATEGIES` maps the name of every
-unlearning strategy to its class (adding one is a new file and one line here).
+:data:`STRATEGIES` maps a name to an :class:`~fedunlearn.strategies.base.Unlearner` class and
+:data:`WRAPPERS` to an add-on that wraps any of them (``puf+ieu``). Adding a strategy is one file
+and one ``register`` line below; a user's own is named by its import path (``mylab.unlearn:Mine``).
+A strategy entry in ``forgetting.strategies`` reads ``NAME[+WRAPPER...][@key=value,...]``: the
+settings after ``@`` override the parts' tables (``[forgetting.puf]``) for that entry only, so a
+sweep runs side by side (``puf@eta=40``).
 """
 
-from fedunlearn.strategies.base import Unlearner, UnlearningContext, UnlearningError
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fedunlearn.config import ExperimentConfig, ForgettingConfig, parse_override
+from fedunlearn.registry import Part, Registry
+from fedunlearn.settings import ConfigError
+from fedunlearn.strategies.base import (
+    Unlearner,
+    UnlearnerWrapper,
+    UnlearningContext,
+    UnlearningError,
+)
 from fedunlearn.strategies.fedavg import (
     ClientUpdate,
     RecordingFedAvg,
     RoundReport,
     TooFewClientsError,
-    apply_updates,
-    weighted_step,
 )
 from fedunlearn.strategies.federaser import FedEraser
-from fedunlearn.strategies.ieu import with_ieu
+from fedunlearn.strategies.ieu import IEU
 from fedunlearn.strategies.natural import Natural
 from fedunlearn.strategies.pga import PGA
 from fedunlearn.strategies.puf import PUF
 from fedunlearn.strategies.retrain import Retrain
 
-STRATEGIES: dict[str, type[Unlearner]] = {
-    "retrain": Retrain,
-    "natural": Natural,
-    "puf": PUF,
-    "puf-ieu": with_ieu(PUF),
-    "pga": PGA,
-    "federaser": FedEraser,
-}
+STRATEGIES: Registry = Registry("strategy", "forgetting.strategies")
+STRATEGIES.register("retrain", Retrain)
+STRATEGIES.register("natural", Natural)
+STRATEGIES.register("puf", PUF)
+STRATEGIES.register("pga", PGA)
+STRATEGIES.register("federaser", FedEraser)
+STRATEGIES.alias("puf-ieu", "puf+ieu")
 
-__all__ = ["STRATEGIES", "ClientUpdate", "RecordingFedAvg", "RoundReport", "TooFewClientsError", "UnlearningContext",
-           "UnlearningError", "Unlearner", "apply_updates", "weighted_step"]
+WRAPPERS: Registry = Registry("strategy wrapper", "forgetting.strategies")
+WRAPPERS.register("ieu", IEU)
+
+REFERENCE = "retrain"  # added when no listed strategy is from scratch: every metric needs a reference
+
+
+@dataclass
+class StrategySpec:
+    """One entry of ``forgetting.strategies``, resolved: its parts and their validated settings.
+
+    Attributes
+    ----------
+    label
+        The entry as written: its rows, folder and legend entries carry it.
+    parts
+        The strategy, then its wrappers in order.
+    settings
+        One settings object per part.
+    """
+
+    label: str
+    parts: list[Part]
+    settings: list[Any]
+
+    def build(self) -> Unlearner:
+        """A fresh unlearner: the strategy wrapped by each wrapper in turn."""
+        unlearner = self.parts[0].obj(self.settings[0])
+        for part, settings in zip(self.parts[1:], self.settings[1:], strict=True):
+            unlearner = part.obj(unlearner, settings)
+        return unlearner
+
+    @property
+    def from_scratch(self) -> bool:
+        return bool(self.parts[0].obj.from_scratch)
+
+    @property
+    def needs_history(self) -> bool:
+        return any(getattr(p.obj, "needs_history", False) for p in self.parts)
+
+    def describe_step(self, unlearner: Unlearner) -> str:
+        """The step-size settings of ``unlearner`` as config keys (``forgetting.puf.eta = 40``)."""
+        owners = {k: p.name for p in reversed(self.parts) for k in getattr(p.obj, "step_settings", ())}
+        return ", ".join(f"forgetting.{owners.get(k, self.parts[0].name)}.{k} = {v}"
+                         for k, v in unlearner.step_size().items())
+
+
+def _check_part(part: Part, base: type) -> None:
+    if not (isinstance(part.obj, type) and issubclass(part.obj, base)):
+        raise ConfigError(f"forgetting.strategies: {part.name!r} is not a {base.__name__} subclass")
+
+
+def strategy_spec(label: str, forgetting: ForgettingConfig) -> StrategySpec:
+    """Resolve one ``forgetting.strategies`` entry (names, wrappers, ``@`` settings) and validate it."""
+    name, _, overrides = label.partition("@")
+    names = STRATEGIES.expand(name).split("+")
+    parts = [STRATEGIES.get(names[0])] + [WRAPPERS.get(n) for n in names[1:]]
+    _check_part(parts[0], Unlearner)
+    for p in parts[1:]:
+        _check_part(p, UnlearnerWrapper)
+    tables = [dict(forgetting.settings.get(p.name, {})) for p in parts]
+    for item in filter(None, overrides.split(",")):
+        keys, value = parse_override(item)
+        owners = [i for i, p in enumerate(parts) if (keys[0] == p.name and len(keys) == 2)
+                  or (len(keys) == 1 and keys[0] in getattr(p.settings, "__dataclass_fields__", {}))]
+        if len(owners) != 1:
+            valid = sorted(f"{p.name}.{k}" for p in parts for k in getattr(p.settings, "__dataclass_fields__", {}))
+            raise ConfigError(f"forgetting.strategies: {item!r} in {label!r} is "
+                              f"{'ambiguous' if owners else 'not a setting of ' + '+'.join(names)}; "
+                              f"write {name}@key=value with keys among {valid or 'none (it takes no settings)'}")
+        tables[owners[0]][keys[-1]] = value
+    settings = [p.build_settings({p.name: t}, "forgetting.") for p, t in zip(parts, tables, strict=True)]
+    return StrategySpec(label, parts, settings)
+
+
+def resolve_strategies(cfg: ExperimentConfig) -> list[StrategySpec]:
+    """Every listed strategy resolved and validated, the reference (from scratch) first.
+
+    Refuses a settings table that names no strategy or wrapper, and a strategy that needs the
+    pseudo-gradient history when the experiment does not keep it.
+    """
+    f = cfg.forgetting
+    for table in f.settings:
+        if table not in STRATEGIES and table not in WRAPPERS:
+            raise ConfigError(f"forgetting.{table}: no strategy or wrapper is called {table!r}; settings tables are "
+                              f"named after one of {STRATEGIES.names() + WRAPPERS.names()}")
+        if table != STRATEGIES.expand(table):
+            raise ConfigError(f"forgetting.{table}: {table} stands for {STRATEGIES.expand(table)}; put its settings "
+                              "in the tables of those parts")
+        part = WRAPPERS.get(table) if table in WRAPPERS.names() else STRATEGIES.get(table, f"forgetting.{table}")
+        part.build_settings(f.settings, "forgetting.")  # a table of an unlisted part must still be valid
+    specs = [strategy_spec(label, f) for label in dict.fromkeys(f.strategies)]
+    if not any(s.from_scratch for s in specs):
+        specs.insert(0, strategy_spec(REFERENCE, f))
+    specs.sort(key=lambda s: not s.from_scratch)
+    needs = [s.label for s in specs if s.needs_history]
+    if needs and not cfg.store.history:
+        raise ConfigError(f"forgetting.strategies: {', '.join(needs)} needs the pseudo-gradient history; "
+                          "set store.history = true")
+    return specs
+
+
+__all__ = ["REFERENCE", "STRATEGIES", "WRAPPERS", "ClientUpdate", "RecordingFedAvg", "RoundReport", "StrategySpec",
+           "TooFewClientsError", "UnlearningContext", "UnlearningError", "Unlearner", "UnlearnerWrapper",
+           "resolve_strategies", "strategy_spec"]

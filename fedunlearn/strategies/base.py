@@ -1,23 +1,24 @@
 """What every unlearning strategy is given (:class:`UnlearningContext`) and must provide
-(:class:`Unlearner`).
+(:class:`Unlearner`), and the base of the add-ons that wrap any strategy (:class:`UnlearnerWrapper`).
 
 An unlearner turns the global model at a forget request into a model without the forgotten
 clients' influence, running whatever Flower rounds it needs through ``ctx.next_round`` (which the
 forget phase wires to the federation, with cost accounting and a NaN/Inf check). Recovery rounds
 after the step are the phase's business; an unlearner only says whether it wants them and with
-which strategy.
+which strategy. Its settings are a dataclass named by the class attribute ``Settings``, built and
+validated from the experiment's table named after it (``[forgetting.puf] eta = 20``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
-
-from fedunlearn.config import ExperimentConfig, ForgettingConfig
+from fedunlearn.arrays import Weights
+from fedunlearn.config import ExperimentConfig
 from fedunlearn.store import PseudoGradient, PseudoGradientStore
-from fedunlearn.strategies.fedavg import RecordingFedAvg, Weights
+from fedunlearn.strategies.fedavg import RecordingFedAvg
 
 
 class UnlearningError(RuntimeError):
@@ -94,20 +95,28 @@ class Unlearner:
 
     Class attributes say how the forget phase treats it: ``recovers`` (recovery rounds follow the
     unlearning step), ``from_scratch`` (it ignores the pre-forget model and the request timeline:
-    retrain), ``needs_history`` (it reads past rounds' pseudo-gradients).
+    the exact reference every metric is scored against, e.g. retrain), ``needs_history`` (it
+    reads past rounds' pseudo-gradients), ``step_settings`` (the settings that scale its step,
+    named when a step leaves NaN or Inf in the weights).
+
+    Parameters
+    ----------
+    settings
+        An instance of the class attribute ``Settings`` (None: the strategy takes no settings).
     """
 
-    name = "base"
+    Settings: type | None = None
     recovers = True
     from_scratch = False
     needs_history = False
+    step_settings: tuple[str, ...] = ()
 
-    def __init__(self, cfg: ForgettingConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
 
-    def step_size(self) -> str:
-        """The setting that scales the unlearning step, named for error messages ('' if none)."""
-        return ""
+    def step_size(self) -> dict[str, Any]:
+        """The settings that scale the unlearning step, by name, with their values."""
+        return {key: getattr(self.settings, key) for key in self.step_settings}
 
     def unlearn(self, ctx: UnlearningContext) -> Weights:
         raise NotImplementedError
@@ -117,5 +126,23 @@ class Unlearner:
         return ctx.fedavg()
 
 
-def all_finite(weights: Weights) -> bool:
-    return all(np.isfinite(w).all() for w in weights)
+class UnlearnerWrapper(Unlearner):
+    """An add-on around any unlearner (IEU, ...): by default it changes nothing of ``inner``.
+
+    Subclasses override :meth:`unlearn` or :meth:`recovery_strategy` and call the inner one, the
+    way Flower's ``DifferentialPrivacyServerSideFixedClipping`` wraps an inner strategy.
+    """
+
+    def __init__(self, inner: Unlearner, settings: Any = None) -> None:
+        super().__init__(settings)
+        self.inner = inner
+        self.recovers, self.from_scratch, self.needs_history = inner.recovers, inner.from_scratch, inner.needs_history
+
+    def step_size(self) -> dict[str, Any]:
+        return {**self.inner.step_size(), **super().step_size()}
+
+    def unlearn(self, ctx: UnlearningContext) -> Weights:
+        return self.inner.unlearn(ctx)
+
+    def recovery_strategy(self, ctx: UnlearningContext, recovery_round: int):
+        return self.inner.recovery_strategy(ctx, recovery_round)

@@ -11,7 +11,8 @@ Differences from :class:`flwr.serverapp.strategy.FedAvg`, each for a reason:
 * error replies are counted per round, and a round with fewer successes than ``min_train_nodes``
   stops the run with :class:`TooFewClientsError`.
 
-Subclasses change one thing: :meth:`client_config` (what a client is asked to do) or
+Subclasses change one thing: :attr:`behaviour` (the client behaviour asked for, sent as the Flower
+message type ``train.<behaviour>``), :meth:`client_config` (settings a client is sent) or
 :meth:`combine` (how the round's pseudo-gradients move the global weights).
 """
 
@@ -26,10 +27,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedunlearn.arrays import Weights, weighted_step
 from fedunlearn.config import ExperimentConfig, config_to_dict
 from fedunlearn.store import PseudoGradientStore
-
-Weights = list[np.ndarray]
 
 
 class TooFewClientsError(RuntimeError):
@@ -80,6 +80,8 @@ class RecordingFedAvg(FedAvg):
         η_s in w_{t+1} = w_t + η_s Σ (n_k/N) Δ_k.
     """
 
+    behaviour = ""  # the client behaviour of every message; "" is plain local training
+
     def __init__(self, store: PseudoGradientStore, node_of: dict[int, int], participants: Sequence[int],
                  seed: int, base_config: dict, fraction_train: float = 1.0, min_train_nodes: int = 0,
                  server_lr: float = 1.0) -> None:
@@ -114,18 +116,23 @@ class RecordingFedAvg(FedAvg):
         sampled = self.sample(server_round)
         self.report = RoundReport(server_round=server_round, sampled=sampled)
         base = ConfigRecord({**self.base_config, **dict(config), "server-round": server_round, "seed": self.seed})
+        message_type = f"{MessageType.TRAIN}.{self.behaviour}" if self.behaviour else MessageType.TRAIN
         messages = []
         for pid in sampled:
             content = RecordDict({self.arrayrecord_key: arrays,
                                   self.configrecord_key: self.client_config(pid, ConfigRecord(dict(base)))})
-            messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=self.node_of[pid]))
+            messages.append(Message(content=content, message_type=message_type, dst_node_id=self.node_of[pid]))
         return messages
 
     # -- what to do with the replies -------------------------------------------------------
     def collect(self, server_round: int, replies: Iterable[Message]) -> list[ClientUpdate]:
         """Sort successful replies by partition id, record their Δ, count failures."""
-        valid, errors = self._check_and_log_replies(list(replies), is_train=True)
-        self.report.failures = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in errors]
+        replies = list(replies)
+        valid = [m for m in replies if not m.has_error() and self._well_formed(m)]
+        accepted = {id(m) for m in valid}
+        self.report.failures = [f"node {m.metadata.src_node_id}: " + (m.error.reason if m.has_error() else
+                                "reply without one ArrayRecord and a MetricRecord with num-examples and partition-id")
+                                for m in replies if id(m) not in accepted]
         required = self.min_train_nodes or len(self.report.sampled)
         if len(valid) < required:
             raise TooFewClientsError(
@@ -149,6 +156,12 @@ class RecordingFedAvg(FedAvg):
         self.report.train_loss = float(sum(u.metrics["train-loss"] * u.num_examples for u in updates) / n)
         return updates
 
+    def _well_formed(self, msg: Message) -> bool:
+        """A train reply as Flower's convention has it: one ArrayRecord and a MetricRecord with the counts."""
+        metrics = list(msg.content.metric_records.values())
+        return (self.arrayrecord_key in msg.content.array_records and len(metrics) == 1
+                and {"num-examples", "partition-id"} <= set(metrics[0].keys()))
+
     def combine(self, server_round: int, global_weights: Weights, updates: list[ClientUpdate]) -> Weights:
         """FedAvg in pseudo-gradient space: w + η_s Σ (n_k/N) Δ_k, summed in partition-id order."""
         return weighted_step(global_weights, [(u.num_examples, u.delta) for u in updates], self.server_lr)
@@ -170,22 +183,6 @@ class RecordingFedAvg(FedAvg):
         return ArrayRecord(new), metrics
 
 
-def apply_updates(weights: Weights, terms: Sequence[tuple[float, Weights]]) -> Weights:
-    """w + Σ_i c_i · Δ_i, accumulated in the given order, in float32."""
-    out = [w.astype(np.float32, copy=True) for w in weights]
-    for coef, delta in terms:
-        factor = np.float32(coef)
-        for o, d in zip(out, delta, strict=True):
-            o += factor * d
-    return out
-
-
-def weighted_step(weights: Weights, contributions: Sequence[tuple[float, Weights]], scale: float) -> Weights:
-    """w + scale · Σ_i (n_i / Σ_j n_j) · Δ_i, accumulated in the given order, in float32."""
-    total = float(sum(n for n, _ in contributions))
-    return apply_updates(weights, [(scale * n / total, d) for n, d in contributions])
-
-
 def federation_spec(cfg: ExperimentConfig) -> str:
     """What a client needs to rebuild its data and model, as the JSON string clients cache on."""
     raw = config_to_dict(cfg)
@@ -195,5 +192,5 @@ def federation_spec(cfg: ExperimentConfig) -> str:
 def local_recipe(cfg: ExperimentConfig) -> dict:
     """The config every training client receives: federation spec and local SGD recipe."""
     t = cfg.train
-    return {"federation": federation_spec(cfg), "behaviour": "train", "local-epochs": t.local_epochs,
+    return {"federation": federation_spec(cfg), "local-epochs": t.local_epochs,
             "batch-size": t.batch_size, "lr": t.lr, "momentum": t.momentum}

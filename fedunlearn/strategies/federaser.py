@@ -1,9 +1,9 @@
-"""FedEraser: calibrated replay of the stored history (Liu et al. 2021; ALGORITHMS.md section 5).
+"""FedEraser: calibrated replay of the stored history (Liu et al. 2021; docs/methods.md, "Forgetting").
 
-Starting from the initial weights, the stored rounds (every ``federaser_interval``-th) are replayed
+Starting from the initial weights, the stored rounds (every ``interval``-th) are replayed
 over the remaining clients. The first replayed round is plain aggregation of the stored retained
 updates. In each later one, the retained clients calibrate for ⌈r·E⌉ local epochs
-(r = ``federaser_calibration_ratio``) from the new global model, and per layer the step is
+(r = ``calibration_ratio``) from the new global model, and per layer the step is
 
     step_l = ‖U_l‖ · Û_l / ‖Û_l‖,
 
@@ -14,13 +14,28 @@ updates: the direction comes from the calibration, the size from the history.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ConfigRecord
 
+from fedunlearn.arrays import Weights, weighted_step
+from fedunlearn.settings import require
 from fedunlearn.store import PseudoGradient
 from fedunlearn.strategies.base import Unlearner, UnlearningContext, UnlearningError
-from fedunlearn.strategies.fedavg import ClientUpdate, RecordingFedAvg, Weights, weighted_step
+from fedunlearn.strategies.fedavg import ClientUpdate, RecordingFedAvg
+
+
+@dataclass
+class FedEraserSettings:
+    """``[forgetting.federaser]``: Δt (replay every ``interval``-th round) and the calibration ratio r."""
+
+    interval: int = 1
+    calibration_ratio: float = 0.5
+
+    def validate(self) -> None:
+        require(self.interval >= 1, "interval", f"must be >= 1 (got {self.interval})")
+        require(0 < self.calibration_ratio <= 1, "calibration_ratio", f"must be in (0, 1] (got {self.calibration_ratio})")
 
 
 def calibrated_step(old: list[tuple[int, Weights]], new: list[tuple[int, Weights]]) -> Weights:
@@ -59,17 +74,17 @@ class FedEraserCalibration(RecordingFedAvg):
 
 
 class FedEraser(Unlearner):
-    name = "federaser"
-    needs_history = True
+    """Calibrated replay of the stored history over the remaining clients."""
 
-    def step_size(self) -> str:
-        return f"forgetting.federaser_calibration_ratio = {self.cfg.federaser_calibration_ratio}"
+    Settings = FedEraserSettings
+    needs_history = True
+    step_settings = ("calibration_ratio",)
 
     def unlearn(self, ctx: UnlearningContext) -> Weights:
-        rounds = sorted({r for p in ctx.remaining for r in ctx.history_rounds(p)})[::self.cfg.federaser_interval]
+        rounds = sorted({r for p in ctx.remaining for r in ctx.history_rounds(p)})[::self.settings.interval]
         if not rounds:
             raise UnlearningError("federaser: no stored history; set store.history = true and train again")
-        epochs = math.ceil(self.cfg.federaser_calibration_ratio * ctx.cfg.train.local_epochs)
+        epochs = math.ceil(self.settings.calibration_ratio * ctx.cfg.train.local_epochs)
 
         def stored(r: int) -> dict[int, PseudoGradient]:
             return {p: ctx.history_get(p, r) for p in ctx.remaining if r in ctx.history_rounds(p)}

@@ -1,27 +1,44 @@
 """IEU on the server: weight decay and RMS-scaled noise after an unlearning step (after Tran & Woo).
 
-Per parameter tensor W (ALGORITHMS.md section 3, the project's own definition):
+Per parameter tensor W (docs/methods.md, "Forgetting", the project's own definition):
 
     W ← (1 − λ) · W + σ · rms(W) · ε,   ε ~ N(0, I)
 
-λ = ``ieu_decay``, σ = ``ieu_noise``; rms(W) is taken before the decay, so one σ fits every layer.
-The noise generator is seeded by (seed, round). :class:`IEUServerSide` wraps any Flower strategy
-the way Flower's ``DifferentialPrivacyServerSideFixedClipping`` does, perturbing its aggregate;
-:func:`with_ieu` wraps an unlearner: its step is perturbed, and so are the first
-``ieu_rounds − 1`` recovery rounds.
+λ = ``decay``, σ = ``noise`` (``[forgetting.ieu]``); rms(W) is taken before the decay, so one σ
+fits every layer. The noise generator is seeded by (seed, round). :class:`IEUServerSide` wraps any
+Flower strategy the way Flower's ``DifferentialPrivacyServerSideFixedClipping`` does, perturbing
+its aggregate; :class:`IEU` wraps any unlearner (``puf+ieu``, ``pga+ieu``): its step is perturbed,
+and so are the first ``rounds − 1`` recovery rounds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedunlearn.strategies.base import Unlearner, UnlearningContext
-from fedunlearn.strategies.fedavg import RecordingFedAvg, Weights
+from fedunlearn.arrays import Weights
+from fedunlearn.settings import require
+from fedunlearn.strategies.base import UnlearnerWrapper, UnlearningContext
+from fedunlearn.strategies.fedavg import RecordingFedAvg
+
+
+@dataclass
+class IEUSettings:
+    """λ (``decay``), σ (``noise``) and how many rounds (the step and ``rounds − 1`` recovery rounds) get it."""
+
+    decay: float = 0.1
+    noise: float = 0.1
+    rounds: int = 1
+
+    def validate(self) -> None:
+        require(0 <= self.decay < 1, "decay", f"must be in [0, 1) (got {self.decay})")
+        require(self.noise >= 0, "noise", f"must be >= 0 (got {self.noise})")
+        require(self.rounds >= 1, "rounds", f"must be >= 1 (got {self.rounds})")
 
 
 def ieu_perturb(weights: Weights, decay: float, noise: float, rng: np.random.Generator) -> Weights:
@@ -70,26 +87,20 @@ class IEUServerSide(Strategy):
         return self.inner.aggregate_evaluate(server_round, replies)
 
 
-def with_ieu(inner: type[Unlearner]) -> type[Unlearner]:
-    """An unlearner running ``inner``'s step followed by IEU's decay and noise."""
+class IEU(UnlearnerWrapper):
+    """Any unlearner's step followed by IEU's decay and noise (and its first recovery rounds)."""
 
-    class WithIEU(inner):
-        name = f"{inner.name}-ieu"
+    Settings = IEUSettings
+    step_settings = ("decay", "noise")
 
-        def step_size(self) -> str:
-            return f"{super().step_size()}, forgetting.ieu_decay = {self.cfg.ieu_decay}, " \
-                   f"forgetting.ieu_noise = {self.cfg.ieu_noise}"
+    def unlearn(self, ctx: UnlearningContext) -> Weights:
+        f = self.settings
+        weights = self.inner.unlearn(ctx)
+        ctx.notes["ieu"] = f"decay {f.decay}, noise {f.noise}, rounds {f.rounds}"
+        return ieu_perturb(weights, f.decay, f.noise, ieu_rng(ctx.cfg.seed, ctx.clock))
 
-        def unlearn(self, ctx: UnlearningContext) -> Weights:
-            weights = super().unlearn(ctx)
-            ctx.notes["ieu"] = f"decay {self.cfg.ieu_decay}, noise {self.cfg.ieu_noise}, rounds {self.cfg.ieu_rounds}"
-            return ieu_perturb(weights, self.cfg.ieu_decay, self.cfg.ieu_noise, ieu_rng(ctx.cfg.seed, ctx.clock))
-
-        def recovery_strategy(self, ctx: UnlearningContext, recovery_round: int):
-            strategy = super().recovery_strategy(ctx, recovery_round)
-            if recovery_round < self.cfg.ieu_rounds:
-                return IEUServerSide(strategy, self.cfg.ieu_decay, self.cfg.ieu_noise, ctx.cfg.seed)
-            return strategy
-
-    WithIEU.__name__ = WithIEU.__qualname__ = f"{inner.__name__}WithIEU"
-    return WithIEU
+    def recovery_strategy(self, ctx: UnlearningContext, recovery_round: int):
+        strategy = self.inner.recovery_strategy(ctx, recovery_round)
+        if recovery_round < self.settings.rounds:
+            return IEUServerSide(strategy, self.settings.decay, self.settings.noise, ctx.cfg.seed)
+        return strategy

@@ -1,32 +1,60 @@
-"""PGA: projected gradient ascent by the target client (Halimi et al. 2022; ALGORITHMS.md section 5).
+"""PGA: projected gradient ascent by the target client (Halimi et al. 2022; docs/methods.md, "Forgetting").
 
 1. Reference model from the last round's client models (equal weights), without the targets:
    w_ref = (K·w̄ − Σ_u w_u)/(K − |U|)  (for one target: (K·w̄ − w_u)/(K − 1)).
    Client models are rebuilt as w_k = w_prev + Δ_k, with w_prev, the global model sent in that
    round, recovered from the aggregate: w_prev = w_t − η_s Σ (n_k/N) Δ_k.
-2. Radius δ = sqrt(mean over ``pga_radius_inits`` random inits of ‖w_ref − w_rand‖² / 3).
+2. Radius δ = sqrt(mean over ``radius_inits`` random inits of ‖w_ref − w_rand‖² / 3).
 3. The target runs projected gradient ascent from w_ref (client side: ``clients/ascent.py``); the
    result is the new global model. Several targets ascend one after the other, each projected
    around the same w_ref. Recovery rounds follow.
+
+Settings ``[forgetting.pga]``: the ascent's ``lr``, ``momentum``, ``clip``, ``epochs``,
+``distance_threshold`` and ``radius_inits``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
+from fedunlearn.arrays import Weights, apply_updates, l2_sq
 from fedunlearn.data import federated_data
 from fedunlearn.models import build_model
+from fedunlearn.settings import require
 from fedunlearn.strategies.base import Unlearner, UnlearningContext, UnlearningError
-from fedunlearn.strategies.fedavg import ClientUpdate, RecordingFedAvg, Weights, apply_updates
+from fedunlearn.strategies.fedavg import ClientUpdate, RecordingFedAvg
 from fedunlearn.training import get_weights
+
+
+@dataclass
+class PGASettings:
+    """Projected gradient ascent by the target (Halimi et al. 2022's defaults)."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    clip: float = 5.0
+    epochs: int = 5
+    distance_threshold: float = 2.2
+    radius_inits: int = 10
+
+    def validate(self) -> None:
+        require(self.lr > 0, "lr", f"must be > 0 (got {self.lr})")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1) (got {self.momentum})")
+        require(self.clip > 0, "clip", f"must be > 0 (got {self.clip})")
+        require(self.epochs >= 1, "epochs", f"must be >= 1 (got {self.epochs})")
+        require(self.distance_threshold > 0, "distance_threshold", f"must be > 0 (got {self.distance_threshold})")
+        require(self.radius_inits >= 1, "radius_inits", f"must be >= 1 (got {self.radius_inits})")
 
 
 class PGARound(RecordingFedAvg):
     """One round in which only ``target`` trains, with the ascent behaviour, from w_ref."""
+
+    behaviour = "ascent"
 
     def __init__(self, *args, target: int, target_model: Weights, radius: float, pga: dict, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -36,7 +64,7 @@ class PGARound(RecordingFedAvg):
         return [self.target]
 
     def client_config(self, partition_id: int, config: ConfigRecord) -> ConfigRecord:
-        config.update({"behaviour": "ascent", "pga-radius": self.radius, **self.pga})
+        config.update({"pga-radius": self.radius, **self.pga})
         return config
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -48,10 +76,6 @@ class PGARound(RecordingFedAvg):
 
     def combine(self, server_round: int, global_weights: Weights, updates: list[ClientUpdate]) -> Weights:
         return apply_updates(global_weights, [(1.0, u.delta) for u in updates])  # the target's model
-
-
-def l2_sq(a: Weights, b: Weights) -> float:
-    return float(sum(np.sum((x.astype(np.float64) - y) ** 2) for x, y in zip(a, b, strict=True)))
 
 
 def reference_model(ctx: UnlearningContext) -> tuple[Weights, dict[int, Weights]]:
@@ -72,24 +96,24 @@ def reference_model(ctx: UnlearningContext) -> tuple[Weights, dict[int, Weights]
 
 
 class PGA(Unlearner):
-    name = "pga"
+    """The target's projected ascent from the reference model; recovery follows."""
 
-    def step_size(self) -> str:
-        return f"forgetting.pga_lr = {self.cfg.pga_lr}"
+    Settings = PGASettings
+    step_settings = ("lr",)
 
     def radius(self, ctx: UnlearningContext, w_ref: Weights) -> float:
         data = federated_data(ctx.cfg.data, ctx.cfg.seed)
         dists = [l2_sq(w_ref, get_weights(build_model(ctx.cfg.model, data.input_shape, data.num_classes,
                                                       int(np.random.SeedSequence([ctx.cfg.seed, 7, i]).generate_state(1)[0]))))
-                 for i in range(self.cfg.pga_radius_inits)]
+                 for i in range(self.settings.radius_inits)]
         return float(np.sqrt(np.mean(dists) / 3.0))
 
     def unlearn(self, ctx: UnlearningContext) -> Weights:
-        f = self.cfg
+        f = self.settings
         w_ref, targets = reference_model(ctx)
         radius = self.radius(ctx, w_ref)
-        pga = {"pga-lr": f.pga_lr, "pga-momentum": f.pga_momentum, "pga-clip": f.pga_clip,
-               "pga-epochs": f.pga_epochs, "pga-distance-threshold": f.pga_distance_threshold}
+        pga = {"pga-lr": f.lr, "pga-momentum": f.momentum, "pga-clip": f.clip,
+               "pga-epochs": f.epochs, "pga-distance-threshold": f.distance_threshold}
         weights = w_ref
         for u, w_u in targets.items():
             strategy = PGARound.from_config(ctx.cfg, ctx.store, ctx.node_of, [u], target=u, target_model=w_u,

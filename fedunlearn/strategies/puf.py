@@ -1,4 +1,4 @@
-"""PUF: forgetting by negated, scaled pseudo-gradients (Mora et al.; ALGORITHMS.md section 2).
+"""PUF: forgetting by negated, scaled pseudo-gradients (Mora et al.; docs/methods.md, "Forgetting").
 
 In the unlearning round the target u trains normally from w_t and sends Δ_u; the server applies
 −η_u · Δ_u:
@@ -8,16 +8,33 @@ In the unlearning round the target u trains normally from w_t and sends Δ_u; th
 * special (only the targets train), N_U = Σ_{u∈U} n_u:
   w_{t+1} = w_t − η_u Σ_{u∈U} (n_u/N_U) Δ_u                                   (authors' η_u = 2)
 
-Offline targets (this project's extension): with ``puf_offline`` the targets are not asked to
+Settings ``[forgetting.puf]``: ``eta`` (η_u), ``mode`` and ``offline``.
+Offline targets (this project's extension): with ``offline = true`` the targets are not asked to
 train; their latest stored Δ is used instead, and the results say which round it came from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from fedunlearn.arrays import Weights, apply_updates
+from fedunlearn.settings import require
 from fedunlearn.strategies.base import Unlearner, UnlearningContext
-from fedunlearn.strategies.fedavg import ClientUpdate, RecordingFedAvg, Weights, apply_updates
+from fedunlearn.strategies.fedavg import ClientUpdate, RecordingFedAvg
+
+
+@dataclass
+class PUFSettings:
+    """η_u (the authors use 20 in regular mode, 2 in special), the mode, and offline targets."""
+
+    eta: float = 20.0
+    mode: str = "regular"
+    offline: bool = False
+
+    def validate(self) -> None:
+        require(self.eta > 0, "eta", f"must be > 0 (got {self.eta}); the authors use 20 (regular), 2 (special)")
+        require(self.mode in ("regular", "special"), "mode", f"must be 'regular' or 'special' (got {self.mode!r})")
 
 
 class PUFRound(RecordingFedAvg):
@@ -70,15 +87,13 @@ class PUFRound(RecordingFedAvg):
 class PUF(Unlearner):
     """PUF's unlearning round; recovery (FedAvg over the remaining clients) follows."""
 
-    name = "puf"
-
-    def step_size(self) -> str:
-        return f"forgetting.puf_eta = {self.cfg.puf_eta}"
+    Settings = PUFSettings
+    step_settings = ("eta",)
 
     def unlearn(self, ctx: UnlearningContext) -> Weights:
-        f = self.cfg
+        f = self.settings
         strategy = PUFRound.from_config(ctx.cfg, ctx.store, ctx.node_of, ctx.remaining, targets=ctx.forgotten,
-                                        eta=f.puf_eta, mode=f.puf_mode, offline=f.puf_offline)
+                                        eta=f.eta, mode=f.mode, offline=f.offline)
         weights = ctx.next_round(strategy, ctx.weights, "unlearn")
         ctx.notes["puf_source"] = "; ".join(f"client {p}: {s}" for p, s in sorted(strategy.sources.items()))
         return weights

@@ -7,12 +7,13 @@ and client, so each remaining client's randomness matches the original run's).
 
 from __future__ import annotations
 
+from fedunlearn.arrays import Weights
 from fedunlearn.strategies.base import Unlearner, UnlearningContext
-from fedunlearn.strategies.fedavg import Weights
 
 
 class Retrain(Unlearner):
-    name = "retrain"
+    """Exact unlearning: the whole training again without the forgotten clients."""
+
     recovers = False
     from_scratch = True
 

@@ -1,11 +1,11 @@
 """The one place that starts Flower's Simulation Engine (Ray backend).
 
 :func:`run_federation` starts a simulation of ``num_clients`` SuperNodes running
-:mod:`fedunlearn.client_app` and calls ``job(federation)`` inside the ServerApp, where
+:mod:`fedunlearn.flower.client_app` and calls ``job(federation)`` inside the ServerApp, where
 ``federation`` (a :class:`Federation`) sends rounds to clients by partition id. Several phases and
 even several experiments can run in one job, so Ray starts once. The entry point today is
 ``flwr.simulation.run_simulation`` (deprecated in favour of ``flwr run``, which reaches the same
-job through :mod:`fedunlearn.server_app`); only this module would change.
+job through :mod:`fedunlearn.flower.server_app`); only this module would change.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from fedunlearn.config import SimulationConfig
-from fedunlearn.strategies import RecordingFedAvg
+from fedunlearn.flower import compat
 
 T = TypeVar("T")
 
@@ -42,12 +43,6 @@ QUIET_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
-
-# Flower's in-memory grid sleeps 0.1 s between pulls for replies, and the simulated SuperNodes poll
-# for new messages every 0.1 s: for small models that is most of a round (docs/benchmarks.md).
-PULL_INTERVAL_S = 0.005
-NODE_POLL_S = 0.005
-
 
 class FederationError(RuntimeError):
     """The simulation could not be set up or a round could not complete."""
@@ -70,8 +65,7 @@ class Federation:
         self.grid = grid
         self.num_clients = num_clients
         self.timeout = timeout
-        if hasattr(grid, "pull_interval"):
-            grid.pull_interval = PULL_INTERVAL_S
+        compat.fast_grid_pulls(grid)
         self.node_of = self._discover()
 
     def _discover(self) -> dict[int, int]:
@@ -90,7 +84,7 @@ class Federation:
             raise FederationError(f"partition discovery failed ({len(replies)} replies): {errors}")
         return {int(r.content["info"]["partition-id"]): r.metadata.src_node_id for r in replies}
 
-    def train_round(self, strategy: RecordingFedAvg, arrays: ArrayRecord, server_round: int,
+    def train_round(self, strategy: Strategy, arrays: ArrayRecord, server_round: int,
                     config: ConfigRecord | None = None) -> tuple[ArrayRecord, MetricRecord]:
         """One round: ``strategy`` picks clients and what they do, they train, it aggregates."""
         messages = strategy.configure_train(server_round, arrays, config or ConfigRecord(), self.grid)
@@ -111,28 +105,15 @@ def quiet_environment() -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
 
 
-def _fast_node_polling() -> None:
-    """Make the simulated SuperNodes poll for messages every NODE_POLL_S instead of 0.1 s.
+def _share_python_path() -> None:
+    """Let the client actors import what the driver can: the working directory joins PYTHONPATH.
 
-    Replaces flwr 1.41's ``vce_api.add_messages_to_queue`` (same body, shorter wait); the pin
-    ``flwr<1.42`` in pyproject keeps that function's shape known. Left alone if it changed.
+    Parts named by an import path (``model.name = "mylab.nets:resnet18"``) are imported inside
+    every actor, whose processes inherit the environment Ray starts them with.
     """
-    from flwr.server.superlink.fleet.vce import vce_api
-
-    original = vce_api.add_messages_to_queue
-    if getattr(original, "fedunlearn_patched", False) or \
-            original.__code__.co_varnames[:4] != ("state", "queue", "nodes_mapping", "f_stop"):
-        return
-
-    def add_messages_to_queue(state, queue, nodes_mapping, f_stop) -> None:
-        while not f_stop.is_set():
-            for node_id in nodes_mapping.keys():
-                for msg in state.get_message_ins(node_id=node_id, limit=1):
-                    queue.put(msg)
-            f_stop.wait(NODE_POLL_S)
-
-    add_messages_to_queue.fedunlearn_patched = True
-    vce_api.add_messages_to_queue = add_messages_to_queue
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if os.getcwd() not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *paths])
 
 
 def backend_config(sim: SimulationConfig) -> dict:
@@ -151,10 +132,11 @@ def run_federation(num_clients: int, sim: SimulationConfig, job: Callable[[Feder
     An exception raised by ``job`` is re-raised here after the simulation has shut down.
     """
     quiet_environment()
-    _fast_node_polling()
+    compat.fast_node_polling()
+    _share_python_path()
     from flwr.simulation import run_simulation
 
-    from fedunlearn.client_app import app as client_app
+    from fedunlearn.flower.client_app import app as client_app
 
     outcome: dict[str, T] = {}
     server_app = ServerApp()

@@ -2,8 +2,8 @@
 
 It reads the experiment named by the run config key ``experiment`` (a TOML path, relative to the
 working directory or to this project) and writes to ``out``: the comparison when the experiment
-has ``[[forget]]`` requests, otherwise the training run. ``fedunlearn`` commands reach the same
-phases through :func:`fedunlearn.federation.run_federation`.
+has ``[[forget]]`` requests, otherwise the training run. It runs the same checks and phases as
+the ``fedunlearn`` commands, which reach them through :func:`fedunlearn.flower.runtime.run_federation`.
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedunlearn.config import load_config
-from fedunlearn.federation import Federation, quiet_environment
+from fedunlearn.data import federated_data
+from fedunlearn.evaluation import Scorer
+from fedunlearn.flower.runtime import Federation, quiet_environment
+from fedunlearn.parts import load_experiment
 from fedunlearn.phases.compare import compare
 from fedunlearn.phases.train import train_phase
 from fedunlearn.report import draw_all, write_report
 
 app = ServerApp()
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def _resolve(path: str) -> Path:
@@ -31,11 +33,12 @@ def _resolve(path: str) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     quiet_environment()
-    cfg = load_config(_resolve(str(context.run_config["experiment"])))
+    cfg = load_experiment(_resolve(str(context.run_config["experiment"])))
     out = Path(str(context.run_config["out"])).expanduser()
     fed = Federation(grid, cfg.data.num_clients)
     if cfg.forget:
         compare(fed, cfg, out)
         write_report(out, draw_all(out))
     else:
-        train_phase(fed, cfg, out)
+        scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forgotten_clients())
+        train_phase(fed, cfg, out, scorer)

@@ -1,0 +1,73 @@
+"""The Flower ClientApp: local work on this node's partition, one handler per message type.
+
+``train`` messages run local SGD; ``train.<behaviour>`` messages run the behaviour registered under
+that name in :data:`fedunlearn.clients.BEHAVIOURS` (``train.ascent``: PGA's projected ascent).
+Everything a client needs to rebuild its data and model travels in the message's config (the
+``federation`` key, a JSON string) and is cached per process, so an actor builds its data and model
+once and only loads weights each round.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedunlearn.clients import BEHAVIOURS, ClientRequest
+from fedunlearn.config import DataConfig, ModelConfig
+from fedunlearn.data import federated_data
+from fedunlearn.models import build_model
+from fedunlearn.settings import build
+from fedunlearn.training import get_weights, set_weights
+
+app = ClientApp()
+
+
+def client_seed(base_seed: int, server_round: int, partition_id: int) -> int:
+    """The seed of one client's local run in one round: independent of which actor runs it."""
+    return int(np.random.SeedSequence([base_seed, server_round, partition_id]).generate_state(1)[0])
+
+
+@functools.lru_cache(maxsize=4)
+def _federation(spec: str):
+    raw = json.loads(spec)
+    data_cfg, model_cfg = build(DataConfig, raw["data"], "data."), build(ModelConfig, raw["model"], "model.")
+    data = federated_data(data_cfg, raw["seed"])
+    return data, build_model(model_cfg, data.input_shape, data.num_classes, raw["seed"])
+
+
+def _partition_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+def _handler(behaviour_name: str):
+    behaviour = BEHAVIOURS.factory(behaviour_name)
+
+    def handle(msg: Message, context: Context) -> Message:
+        """Run the behaviour from the received global weights and return the new weights."""
+        config = dict(msg.content["config"])
+        pid = _partition_id(context)
+        data, model = _federation(str(config["federation"]))
+        set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
+        extra = {k: r.to_numpy_ndarrays() for k, r in msg.content.array_records.items() if k != "arrays"}
+        request = ClientRequest(config, client_seed(int(config["seed"]), int(config["server-round"]), pid), extra)
+        run = behaviour(model, data.clients[pid], request)
+        metrics = MetricRecord({"num-examples": data.clients[pid].num_examples, "partition-id": pid,
+                                "train-loss": run.loss, "local-epochs": float(run.epochs)})
+        return Message(RecordDict({"arrays": ArrayRecord(get_weights(model)), "metrics": metrics}), reply_to=msg)
+
+    handle.__name__ = f"train_{behaviour_name}"
+    return handle
+
+
+for _name in BEHAVIOURS.names():
+    app.train(_name)(_handler(_name))
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (node ids are random in simulation)."""
+    return Message(RecordDict({"info": ConfigRecord({"partition-id": _partition_id(context)})}), reply_to=msg)
