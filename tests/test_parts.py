@@ -21,6 +21,7 @@ from tests.parts.lab import Shrink
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = ["data.name='tests.parts.lab:blobs'", "data.num_clients=4", "data.partition=iid", "data.backdoor.clients=[]",
+       "probe.metric=forget_acc",
        "model.name='tests.parts.lab:tiny_mlp'", "model.'tests.parts.lab:tiny_mlp'.width=5"]
 
 

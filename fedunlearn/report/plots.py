@@ -33,8 +33,9 @@ def _f(value: str) -> float:
 
 
 def _colors(names: list[str]) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab10")
-    return {n: cmap(i % 10) for i, n in enumerate(names)}
+    """A distinct colour per name (tab10, or tab20 past ten names, so no two legend entries share one)."""
+    cmap, size = (plt.get_cmap("tab10"), 10) if len(names) <= 10 else (plt.get_cmap("tab20"), 20)
+    return {n: cmap(i % size) for i, n in enumerate(names)}
 
 
 def _has_backdoor(rows: list[dict]) -> bool:
@@ -81,7 +82,7 @@ def relearning_curves(out: Path, seed_dir: Path, rows: list[dict]) -> Path | Non
     files = sorted((seed_dir / "probe").glob("*.csv"))
     if not files:
         return None
-    fig, axes = plt.subplots(1, len(files), figsize=(6.5 * len(files), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(files), figsize=(6.5 * len(files), 6.2), squeeze=False)
     seed = seed_dir.name.split("-", 1)[1]
     censored = {(r["strategy"]): r for r in rows if r["seed"] == seed}
     for ax, path in zip(axes[0], files, strict=True):
@@ -108,7 +109,7 @@ def relearning_curves(out: Path, seed_dir: Path, rows: list[dict]) -> Path | Non
             ax.set_ylabel(f"{names.get(metric, 'forget metric')} (fraction)")
             ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below: covers no curve
     return _save(fig, out / "relearning_curves.png")
 
 
@@ -132,25 +133,24 @@ def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[
     ax.set_title(f"Gap to the retrained model per metric (lower is closer to exact unlearning; "
                  f"mean ± std over {seeds} seed(s))")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, covering none
     return _save(fig, out / "gaps_to_retrain.png")
 
 
 def cost_vs_quality(out: Path, rows: list[dict], names: list[str], backdoor: bool) -> Path:
     key = "backdoor_asr" if backdoor else "forget_acc"
     colors = _colors(["original"] + names)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(9.5, 5))
     for name in names:
         mine = [r for r in rows if r["strategy"] == name]
         cost = np.mean([_f(r["client_epochs"]) for r in mine])
         gap = np.mean([_f(r[f"gap_{key}"]) for r in mine])
         ax.scatter(cost, gap, s=60, color=colors[name], label=name, zorder=3)
-        ax.annotate(name, (cost, gap), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel("cost: client-epochs spent on forgetting (and recovery)")
     ax.set_ylabel(f"|{key} - retrain's {key}| (fraction)")
-    ax.set_title("Cost against forgetting quality (lower left is better)")
+    ax.set_title("Cost against forgetting quality (lower left is better; mean over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, out / "cost_vs_quality.png")
 
 
