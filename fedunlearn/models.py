@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fedunlearn.config import ModelConfig
-from fedunlearn.registry import Registry
+from fedunlearn.registry import Part, Registry, check_tables
 from fedunlearn.settings import ConfigError, require
 
 
@@ -91,17 +91,16 @@ MODELS.register("cnn", cnn, settings=HiddenWidth)
 MODELS.register("resnet_gn", resnet_gn)
 
 
-def check_model_settings(cfg: ModelConfig) -> None:
-    """Look up the model and validate its settings table; a table for another model is refused."""
-    MODELS.get(cfg.name).build_settings(cfg.settings, "model.")
-    for name in cfg.settings:
-        if name != cfg.name and name not in MODELS:
-            raise ConfigError(f"model.{name}: no model is called {name!r}; name the table after model.name")
+def model_part(cfg: ModelConfig) -> Part:
+    """The model the config names, every ``[model.NAME]`` table checked (ConfigError if bad)."""
+    part = MODELS.get(cfg.name)
+    check_tables(cfg.settings, [part], [MODELS], "model.")
+    return part
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
     """Instantiate the configured model with weights initialised from ``seed``."""
-    part = MODELS.get(cfg.name)
+    part = model_part(cfg)
     settings = part.build_settings(cfg.settings, "model.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -12,8 +12,8 @@ import dataclasses
 from pathlib import Path
 
 from fedunlearn.config import ExperimentConfig, load_config
-from fedunlearn.data import DATASETS, PARTITIONERS, check_data_settings, federated_data
-from fedunlearn.models import MODELS, check_model_settings
+from fedunlearn.data import data_parts, federated_data
+from fedunlearn.models import model_part
 from fedunlearn.registry import Part
 from fedunlearn.settings import as_dict
 from fedunlearn.strategies import StrategySpec, resolve_strategies
@@ -21,8 +21,8 @@ from fedunlearn.strategies import StrategySpec, resolve_strategies
 
 def check_parts(cfg: ExperimentConfig) -> list[StrategySpec]:
     """Validate every part the experiment names; returns its strategies, the reference first."""
-    check_data_settings(cfg.data)
-    check_model_settings(cfg.model)
+    data_parts(cfg.data)
+    model_part(cfg.model)
     return resolve_strategies(cfg)
 
 
@@ -41,14 +41,12 @@ def resolved(cfg: ExperimentConfig) -> ExperimentConfig:
 
     This is what a results folder's config.toml holds, so it describes every result in it.
     """
-    specs = check_parts(cfg)
     d, m, f = cfg.data, cfg.model, cfg.forgetting
-    strategy_parts = list({p.name: p for s in specs for p in s.parts}.values())
+    strategy_parts = list({p.name: p for s in resolve_strategies(cfg) for p in s.parts}.values())
     return dataclasses.replace(
         cfg,
-        data=dataclasses.replace(d, settings=_filled(d.settings, [DATASETS.get(d.name), PARTITIONERS.get(d.partition)],
-                                                     "data.")),
-        model=dataclasses.replace(m, settings=_filled(m.settings, [MODELS.get(m.name)], "model.")),
+        data=dataclasses.replace(d, settings=_filled(d.settings, list(data_parts(d)), "data.")),
+        model=dataclasses.replace(m, settings=_filled(m.settings, [model_part(m)], "model.")),
         forgetting=dataclasses.replace(f, settings=_filled(f.settings, strategy_parts, "forgetting.")))
 
 

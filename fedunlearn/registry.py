@@ -83,6 +83,10 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         return name in self._parts or name in self._aliases or ":" in name
 
+    def registered(self, name: str) -> bool:
+        """Whether ``name`` was registered (not an alias, not an import path)."""
+        return name in self._parts
+
     def get(self, name: str, field: str | None = None) -> Part[T]:
         """The part called ``name``: registered, or an import path ``module:attr``."""
         field = field or self.field
@@ -95,8 +99,25 @@ class Registry(Generic[T]):
         raise ConfigError(f"{field}: unknown {self.kind} {name!r}; choose one of {self.names()} "
                           "or give an import path 'module:attr'")
 
-    def settings_of(self, name: str) -> type | None:
-        return self.get(name).settings
-
     def factory(self, name: str) -> Callable[..., Any]:
         return self.get(name).obj  # type: ignore[return-value]
+
+
+def check_tables(tables: dict[str, dict], used: list[Part], registries: list[Registry], prefix: str) -> None:
+    """Check every settings table in ``tables`` against the part it is named after.
+
+    A table named after a part in ``used`` is built with that part's settings class; any other
+    must name a part of one of ``registries`` (registered, or an import path) and be valid for it
+    too, so a misspelt table fails instead of being ignored.
+    """
+    in_use = {p.name: p for p in used}
+    for name in tables:
+        part = in_use.get(name)
+        if part is None:
+            registry = next((r for r in registries if r.registered(name)), registries[0] if ":" in name else None)
+            if registry is None:
+                known = sorted(n for r in registries for n in r.names())
+                raise ConfigError(f"{prefix}{name}: no {' or '.join(r.kind for r in registries)} is called {name!r}; "
+                                  f"settings tables are named after one of {known}")
+            part = registry.get(name, f"{prefix}{name}")
+        part.build_settings(tables, prefix)

@@ -20,6 +20,7 @@ import numpy as np
 
 from fedunlearn.config import ExperimentConfig, config_to_dict, to_toml
 from fedunlearn.io import atomic_savez, atomic_write_text
+from fedunlearn.settings import ConfigError
 
 ROUND_COLUMNS = ["round", "test_acc", "test_loss", "forget_acc", "backdoor_asr", "train_loss", "clients", "failures",
                  "wall_s"]
@@ -50,6 +51,15 @@ class RunDir:
         self.failures = self.path / "failures.log"
         self.checkpoint = self.path / "checkpoint" / "global.npz"
         self.store = self.path / "store"
+
+    @classmethod
+    def trained(cls, path: str | Path) -> RunDir:
+        """The run folder ``fedunlearn train`` wrote at ``path``, or ConfigError saying what to do."""
+        run = cls(path)
+        if not run.config.exists() or not run.checkpoint.exists():
+            raise ConfigError(f"RUN_DIR: {path} holds no trained run (config.toml and checkpoint/); "
+                              "run `fedunlearn train` first")
+        return run
 
     def write_config(self, cfg: ExperimentConfig) -> None:
         atomic_write_text(self.config, to_toml(config_to_dict(cfg)))

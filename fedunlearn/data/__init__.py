@@ -19,7 +19,7 @@ from fedunlearn.config import DataConfig, config_to_dict
 from fedunlearn.data import partition, sources
 from fedunlearn.data.backdoor import attack_set, poison
 from fedunlearn.data.sources import Dataset
-from fedunlearn.registry import Registry
+from fedunlearn.registry import Part, Registry, check_tables
 from fedunlearn.settings import ConfigError, build
 
 __all__ = ["DATASETS", "PARTITIONERS", "ClientData", "Dataset", "FederatedData", "federated_data"]
@@ -68,25 +68,16 @@ class FederatedData:
                 np.concatenate([self.clients[c].y_train for c in clients]))
 
 
-def check_data_settings(cfg: DataConfig) -> None:
-    """Look up the data set and partitioner and validate their settings tables (ConfigError if bad)."""
-    resolved = {DATASETS.get(cfg.name).name, PARTITIONERS.get(cfg.partition).name}
-    for name in cfg.settings:
-        if name in resolved:
-            continue
-        part = next((r.get(name) for r in (DATASETS, PARTITIONERS) if name in r and ":" not in name), None)
-        if part is None:
-            raise ConfigError(f"data.{name}: no data set or partitioner is called {name!r}; settings tables "
-                              f"are named after one of {sorted(DATASETS.names() + PARTITIONERS.names())}")
-        part.build_settings(cfg.settings, "data.")  # an unused part's table must still be valid
-    DATASETS.get(cfg.name).build_settings(cfg.settings, "data.")
-    PARTITIONERS.get(cfg.partition).build_settings(cfg.settings, "data.")
+def data_parts(cfg: DataConfig) -> tuple[Part, Part]:
+    """The data set and partitioner the config names, every ``[data.NAME]`` table checked (ConfigError if bad)."""
+    source, splitter = DATASETS.get(cfg.name), PARTITIONERS.get(cfg.partition)
+    check_tables(cfg.settings, [source, splitter], [DATASETS, PARTITIONERS], "data.")
+    return source, splitter
 
 
 def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
     """Load the data set, partition it with a Generator seeded by ``seed``, poison backdoor clients."""
-    check_data_settings(cfg)
-    source, splitter = DATASETS.get(cfg.name), PARTITIONERS.get(cfg.partition)
+    source, splitter = data_parts(cfg)
     ds = source.obj(source.build_settings(cfg.settings, "data."), seed)
     b = cfg.backdoor
     if b.clients and b.target_label >= ds.num_classes:

@@ -36,7 +36,7 @@ from fedunlearn.io import atomic_write_text
 from fedunlearn.parts import check_parts
 from fedunlearn.results import RunDir, csv_text
 from fedunlearn.store import PseudoGradientStore
-from fedunlearn.strategies import StrategySpec, UnlearningContext, UnlearningError, strategy_spec
+from fedunlearn.strategies import StrategySpec, UnlearningContext, UnlearningError
 
 TRAJECTORY_COLUMNS = ["strategy", "round", "phase", "test_acc", "forget_acc", "backdoor_asr"]
 
@@ -228,15 +228,6 @@ class ForgetJob:
                 {**outcome.row(), "seed": seed, **self.scorer.summary_metrics(outcome.weights)}]
 
 
-def trained_run(run_dir: str | Path) -> RunDir:
-    """The run folder ``fedunlearn train`` wrote, or ConfigError saying what to do."""
-    run = RunDir(run_dir)
-    if not run.config.exists() or not run.checkpoint.exists():
-        raise ConfigError(f"RUN_DIR: {run_dir} holds no trained run (config.toml and checkpoint/); "
-                          "run `fedunlearn train` first")
-    return run
-
-
 def prepare_forget(run_dir: str | Path, clients: list[int], strategy: str, recovery_rounds: int | None,
                    overrides: list[str]) -> ForgetJob:
     """Check a forget request against a trained run and build what its timeline starts from.
@@ -244,28 +235,27 @@ def prepare_forget(run_dir: str | Path, clients: list[int], strategy: str, recov
     Only ``forgetting.*`` settings may change: the federation is the trained run's. Recovery runs a
     fixed number of rounds (there is no retrained reference to recover towards).
     """
-    run = trained_run(run_dir)
+    run = RunDir.trained(run_dir)
     bad = [o for o in overrides if not o.startswith("forgetting.")]
     if bad:
         raise ConfigError(f"--set {bad[0]}: forget only takes forgetting.* overrides; the federation is the trained run's")
     cfg = load_config(run.config, overrides)
     weights, last_round = run.load_checkpoint()
-    request = ForgetRequest(list(clients), last_round)
+    request = ForgetRequest(sorted(clients), last_round)
     validate_requests([request], cfg.data.num_clients, last_round, "--client")
     if recovery_rounds is not None and recovery_rounds < 0:
         raise ConfigError("--recovery-rounds: must be >= 0")
     forgetting = dataclasses.replace(cfg.forgetting, strategies=[strategy], recovery="fixed",
                                      recovery_rounds=cfg.forgetting.recovery_rounds if recovery_rounds is None
                                      else recovery_rounds)
-    request.clients.sort()
     cfg = dataclasses.replace(cfg, forget=[request], forgetting=forgetting,
                               train=dataclasses.replace(cfg.train, rounds=last_round))
     try:
-        check_parts(cfg)
+        spec = next(s for s in check_parts(cfg) if s.label == strategy)
     except ConfigError as err:
         raise ConfigError(str(err).replace("forgetting.strategies:", "--strategy:", 1)
                           .replace("set store.history = true", "train with --set store.history=true")) from None
     scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), request.clients)
     store = PseudoGradientStore.load(run.store, int(cfg.store.ram_budget_mb * 2**20))
     snapshot = Snapshot(weights, last_round, store, store, scorer.initial_weights())
-    return ForgetJob(cfg, strategy_spec(strategy, cfg.forgetting), snapshot, scorer)
+    return ForgetJob(cfg, spec, snapshot, scorer)

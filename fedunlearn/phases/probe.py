@@ -117,13 +117,10 @@ class ProbeJob:
 def prepare_probe(run_dir: str | Path, clients: list[int], metric: str, mode: str, max_rounds: int | None,
                   model_dirs: list[str]) -> ProbeJob:
     """Check a probe request against a trained run; the original is that run's model."""
-    run = RunDir(run_dir)
-    if not run.config.exists() or not run.checkpoint.exists():
-        raise ConfigError(f"RUN_DIR: {run_dir} holds no trained run; run `fedunlearn train` first")
+    run = RunDir.trained(run_dir)
     cfg = load_config(run.config)
-    request = ForgetRequest(list(clients), 1)
+    request = ForgetRequest(sorted(clients), 1)
     validate_requests([request], cfg.data.num_clients, 1, "--client")
-    request.clients.sort()
     probe = dataclasses.replace(cfg.probe, metric=metric, modes=[mode], max_rounds=max_rounds or cfg.probe.max_rounds)
     raw = config_to_dict(dataclasses.replace(cfg, probe=probe, forget=[request]))
     try:

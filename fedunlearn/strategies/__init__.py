@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedunlearn.config import ExperimentConfig, ForgettingConfig, parse_override
-from fedunlearn.registry import Part, Registry
+from fedunlearn.registry import Part, Registry, check_tables
 from fedunlearn.settings import ConfigError
 from fedunlearn.strategies.base import (
     Unlearner,
@@ -43,7 +43,7 @@ STRATEGIES.register("pga", PGA)
 STRATEGIES.register("federaser", FedEraser)
 STRATEGIES.alias("puf-ieu", "puf+ieu")
 
-WRAPPERS: Registry = Registry("strategy wrapper", "forgetting.strategies")
+WRAPPERS: Registry = Registry("wrapper", "forgetting.strategies")
 WRAPPERS.register("ieu", IEU)
 
 REFERENCE = "retrain"  # added when no listed strategy is from scratch: every metric needs a reference
@@ -125,17 +125,13 @@ def resolve_strategies(cfg: ExperimentConfig) -> list[StrategySpec]:
     """
     f = cfg.forgetting
     for table in f.settings:
-        if table not in STRATEGIES and table not in WRAPPERS:
-            raise ConfigError(f"forgetting.{table}: no strategy or wrapper is called {table!r}; settings tables are "
-                              f"named after one of {STRATEGIES.names() + WRAPPERS.names()}")
         if table != STRATEGIES.expand(table):
             raise ConfigError(f"forgetting.{table}: {table} stands for {STRATEGIES.expand(table)}; put its settings "
                               "in the tables of those parts")
-        part = WRAPPERS.get(table) if table in WRAPPERS.names() else STRATEGIES.get(table, f"forgetting.{table}")
-        part.build_settings(f.settings, "forgetting.")  # a table of an unlisted part must still be valid
     specs = [strategy_spec(label, f) for label in dict.fromkeys(f.strategies)]
     if not any(s.from_scratch for s in specs):
         specs.insert(0, strategy_spec(REFERENCE, f))
+    check_tables(f.settings, [p for s in specs for p in s.parts], [STRATEGIES, WRAPPERS], "forgetting.")
     specs.sort(key=lambda s: not s.from_scratch)
     needs = [s.label for s in specs if s.needs_history]
     if needs and not cfg.store.history:
