@@ -14,6 +14,7 @@ one line naming the field and the fix and exits with code 2; nothing is half-wri
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -27,11 +28,31 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     return code
 
 
-def _out_dir(args: argparse.Namespace, default: Path, marker: str) -> Path:
+def _out_dir(args: argparse.Namespace, default: Path, marker: str | None) -> Path:
+    """The results folder, created now (after every other check) so an impossible one fails first.
+
+    Folders created here are listed in ``args.created``; :func:`main` removes them again when the
+    command fails before writing into them.
+    """
     out = Path(args.out) if args.out else default
-    if (out / marker).exists() and not getattr(args, "resume", False):
+    if marker and (out / marker).exists() and not getattr(args, "resume", False):
         raise ConfigError(f"--out: {out} already holds results; pass --resume to continue or choose another --out")
+    args.created = [p for p in [out, *out.parents] if not p.exists()][::-1]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out: cannot create {out} ({err.strerror or err}); choose a folder you can write to") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out: {out} is not writable; choose a folder you can write to")
     return out
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -46,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {cfg.data.num_clients} clients on {cfg.data.name} for {cfg.train.rounds} rounds -> {out}")
     scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forgotten_clients())
     result = run_federation(cfg.data.num_clients, cfg.simulation,
-                            lambda fed: train_phase(fed, cfg, out, scorer, resume=args.resume))
+                            lambda fed: train_phase(fed, cfg, out, scorer, resume=args.resume), out / "failures.log")
     print(f"final test accuracy {float(result.rows[-1]['test_acc']):.4f}; results in {out}")
     return 0
 
@@ -61,7 +82,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
     out = _out_dir(args, Path(args.run_dir) / f"forget-{args.strategy}", "summary.csv")
     print(f"forgetting clients {job.cfg.forget[0].clients} with {args.strategy} "
           f"(+{job.cfg.forgetting.recovery_rounds} recovery rounds) -> {out}")
-    rows = run_federation(job.cfg.data.num_clients, job.cfg.simulation, lambda fed: job.run(fed, out))
+    rows = run_federation(job.cfg.data.num_clients, job.cfg.simulation, lambda fed: job.run(fed, out),
+                          out / "failures.log")
     write_summary(out, rows)
     print(markdown_table(read_summary(out)))
     return 0
@@ -78,7 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = _out_dir(args, Path("runs") / Path(args.experiment).stem, "config.toml")
     print(f"comparing {', '.join(cfg.forgetting.strategies)} on {cfg.data.name}, forgetting "
           f"{[r.clients for r in cfg.forget_requests()]}, {args.seeds} seed(s) -> {out}")
-    run_federation(cfg.data.num_clients, cfg.simulation, lambda fed: compare(fed, cfg, out, args.seeds))
+    run_federation(cfg.data.num_clients, cfg.simulation, lambda fed: compare(fed, cfg, out, args.seeds),
+                   out / "failures.log")
     print(markdown_table(read_summary(out)))  # what `fedunlearn report OUT --markdown` prints
     _draw(out)
     return 0
@@ -118,8 +141,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from fedunlearn.phases.probe import prepare_probe, write_probes
 
     job = prepare_probe(args.run_dir, args.client, args.metric, args.mode, args.max_rounds, args.model or [])
-    out = Path(args.out) if args.out else Path(args.run_dir)
-    results = run_federation(job.cfg.data.num_clients, job.cfg.simulation, job.run)
+    out = _out_dir(args, Path(args.run_dir), None)  # a probe's curves replace the last ones
+    results = run_federation(job.cfg.data.num_clients, job.cfg.simulation, job.run, out / "failures.log")
     write_probes(out, results)
     for name, res in results[args.mode].items():
         print(f"{name}: delay {res.delay_text} {res.unit}{' (censored)' if res.censored else ''}, "
@@ -191,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, UnlearningError) as err:
+        _remove_if_empty(getattr(args, "created", []))
         return _fail(str(err))
     except (FederationError, TooFewClientsError) as err:
+        _remove_if_empty(getattr(args, "created", []))
         return _fail(str(err), code=1)
 
 

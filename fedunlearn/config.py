@@ -9,6 +9,7 @@ settings class when :mod:`fedunlearn.parts` looks it up.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,9 +89,10 @@ class TrainConfig:
         require(self.rounds >= 1, "rounds", f"must be >= 1 (got {self.rounds})")
         require(self.local_epochs >= 1, "local_epochs", f"must be >= 1 (got {self.local_epochs})")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1 (got {self.batch_size})")
-        require(self.lr > 0, "lr", f"must be > 0 (got {self.lr})")
+        require(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be a finite number > 0 (got {self.lr})")
         require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1) (got {self.momentum})")
-        require(self.server_lr > 0, "server_lr", f"must be > 0 (got {self.server_lr})")
+        require(math.isfinite(self.server_lr) and self.server_lr > 0, "server_lr",
+                f"must be a finite number > 0 (got {self.server_lr})")
         require(0 < self.fraction_train <= 1, "fraction_train", f"must be in (0, 1] (got {self.fraction_train})")
         require(self.min_train_clients >= 0, "min_train_clients",
                 f"must be >= 0 (got {self.min_train_clients}); 0 means every sampled client")
@@ -115,17 +117,24 @@ class StoreConfig:
 
 @dataclass
 class SimulationConfig:
-    """Flower Simulation Engine (Ray backend) settings."""
+    """Flower Simulation Engine (Ray backend) settings.
+
+    ``num_cpus`` and ``num_gpus`` are what each client actor asks for; they are checked against the
+    machine (or the cluster at ``ray_address``) before Ray starts. A client that fails in
+    ``max_failed_rounds`` rounds in a row stops the run (its tracebacks are in failures.log).
+    """
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     ray_address: str = ""
     checkpoint_every: int = 1
+    max_failed_rounds: int = 3
 
     def validate(self) -> None:
         require(self.num_cpus > 0, "num_cpus", f"must be > 0 (got {self.num_cpus})")
         require(self.num_gpus >= 0, "num_gpus", f"must be >= 0 (got {self.num_gpus})")
         require(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1 (got {self.checkpoint_every})")
+        require(self.max_failed_rounds >= 1, "max_failed_rounds", f"must be >= 1 (got {self.max_failed_rounds})")
 
 
 @dataclass
@@ -228,6 +237,7 @@ class ExperimentConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def validate(self) -> None:
+        require(self.seed >= 0, "seed", f"must be >= 0 (got {self.seed}); seeds are non-negative integers")
         require(self.train.min_train_clients <= self.data.num_clients, "train.min_train_clients",
                 f"must be in 0..{self.data.num_clients} (got {self.train.min_train_clients})")
         require(self.probe.metric != "backdoor" or self.has_trigger(), "probe.metric",
@@ -320,7 +330,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"experiment file {str(p)!r} not found; pass the path of a TOML file")
         try:
-            raw = tomllib.loads(p.read_text())
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {err.start}); save it as UTF-8, as TOML requires") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{p}: not valid TOML ({err}); fix the syntax") from None
     return config_from_dict(apply_overrides(raw, overrides or []))

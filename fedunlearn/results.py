@@ -5,7 +5,8 @@ Layout::
     DIR/config.toml          the resolved experiment config
     DIR/rounds.csv           round, test_acc, test_loss, forget_acc, backdoor_asr, train_loss, clients,
                              failures, wall_s (forget_acc on the clients the experiment will forget)
-    DIR/failures.log         one line per failed client reply (only when there were any)
+    DIR/settings.json        what the results depend on, and its fingerprint (fedunlearn.provenance)
+    DIR/failures.log         the tracebacks of failed client replies (only when there were any)
     DIR/checkpoint/global.npz  the global weights after the last checkpointed round (key ``round``)
     DIR/store/               the PseudoGradientStore (latest.npz, store.json, history/)
 """
@@ -66,10 +67,6 @@ class RunDir:
 
     def write_rounds(self, rows: list[dict]) -> None:
         atomic_write_text(self.rounds, csv_text(rows, ROUND_COLUMNS))
-
-    def write_failures(self, lines: list[str]) -> None:
-        if lines:
-            atomic_write_text(self.failures, "\n".join(lines) + "\n")
 
     def snapshot(self, server_round: int) -> Path:
         """Where the model at a forget request's round is kept."""

@@ -30,7 +30,7 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
 
 @pytest.mark.parametrize("override, field", [
     ("train.lrr=0.1", "train.lrr: unknown key"),
-    ("train.lr=-1", "train.lr: must be > 0"),
+    ("train.lr=-1", "train.lr: must be a finite number > 0"),
     ("train.rounds=ten", "train.rounds: expected int"),
     ("data.name=imagenet", "data.name: unknown data set"),
     ("data.partition=byzantine", "data.partition: unknown partitioner"),
@@ -48,7 +48,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys
     code = main(["train", str(ROOT / "experiments/default.toml"), "--set", "train.lr=0", "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert len(err) == 1 and "train.lr" in err[0] and "must be > 0" in err[0]
+    assert len(err) == 1 and "train.lr" in err[0] and "must be a finite number > 0" in err[0]
     assert not out.exists()
 
 

@@ -76,6 +76,18 @@ def test_run_compares_every_strategy(tmp_path, capsys):
     # Resume: a second call reuses every finished strategy and writes the same table.
     assert main(["run", str(ROOT / "experiments/default.toml"), *sets(overrides), "--out", str(out), "--resume"]) == 0
     assert read_csv(out / "summary.csv") == rows
+    # Resume with another eta: puf alone runs again (puf-ieu has its own eta, also from [forgetting.puf]).
+    capsys.readouterr()
+    changed = [*overrides, "forgetting.puf.eta=40"]
+    assert main(["run", str(ROOT / "experiments/default.toml"), *sets(changed), "--out", str(out), "--resume"]) == 0
+    log = capsys.readouterr().out
+    assert "strategies/puf: computed with other settings (parts.puf.eta 20.0 -> 40.0)" in log
+    reused = {n for n in ["retrain", "natural", "puf", "puf-ieu", "pga", "federaser"]
+              if f"{n}: already done with these settings" in log}
+    assert reused == {"retrain", "natural", "pga", "federaser"}
+    recorded = json.loads((out / "seed-0" / "strategies" / "puf-ieu" / "settings.json").read_text())
+    assert recorded["settings"]["parts"]["puf"]["eta"] == 40.0
+    assert 'eta = 40.0' in (out / "config.toml").read_text()
 
 
 def test_probe_command_gives_the_original_model_delay_zero(trained, capsys):

@@ -4,16 +4,19 @@
 that name in :data:`fedunlearn.clients.BEHAVIOURS` (``train.ascent``: PGA's projected ascent).
 Everything a client needs to rebuild its data and model travels in the message's config (the
 ``federation`` key, a JSON string) and is cached per process, so an actor builds its data and model
-once and only loads weights each round.
+once and only loads weights each round. A behaviour that raises answers with an error reply carrying
+the traceback, which the server counts and logs (one console line per round, the tracebacks in
+failures.log) instead of Flower printing each one.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import traceback
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedunlearn.clients import BEHAVIOURS, ClientRequest
@@ -24,6 +27,8 @@ from fedunlearn.settings import build
 from fedunlearn.training import get_weights, set_weights
 
 app = ClientApp()
+
+CLIENT_RAISED = 2  # Flower's error code for "the ClientApp raised an exception"
 
 
 def client_seed(base_seed: int, server_round: int, partition_id: int) -> int:
@@ -47,16 +52,22 @@ def _handler(behaviour_name: str):
     behaviour = BEHAVIOURS.factory(behaviour_name)
 
     def handle(msg: Message, context: Context) -> Message:
-        """Run the behaviour from the received global weights and return the new weights."""
+        """Run the behaviour from the received global weights and return the new weights (or the error)."""
+        try:
+            return run(msg, context)
+        except Exception:  # noqa: BLE001 - any failure of the behaviour goes back to the server as a reply
+            return Message(Error(CLIENT_RAISED, traceback.format_exc()), reply_to=msg)
+
+    def run(msg: Message, context: Context) -> Message:
         config = dict(msg.content["config"])
         pid = _partition_id(context)
         data, model = _federation(str(config["federation"]))
         set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
         extra = {k: r.to_numpy_ndarrays() for k, r in msg.content.array_records.items() if k != "arrays"}
         request = ClientRequest(config, client_seed(int(config["seed"]), int(config["server-round"]), pid), extra)
-        run = behaviour(model, data.clients[pid], request)
+        result = behaviour(model, data.clients[pid], request)
         metrics = MetricRecord({"num-examples": data.clients[pid].num_examples, "partition-id": pid,
-                                "train-loss": run.loss, "local-epochs": float(run.epochs)})
+                                "train-loss": result.loss, "local-epochs": float(result.epochs)})
         return Message(RecordDict({"arrays": ArrayRecord(get_weights(model)), "metrics": metrics}), reply_to=msg)
 
     handle.__name__ = f"train_{behaviour_name}"

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from flwr.app import (
@@ -30,6 +33,8 @@ from flwr.serverapp.strategy import Strategy
 
 from fedunlearn.config import SimulationConfig
 from fedunlearn.flower import compat
+from fedunlearn.io import atomic_write_text
+from fedunlearn.settings import ConfigError
 
 T = TypeVar("T")
 
@@ -44,8 +49,68 @@ QUIET_ENV = {
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
 
+JOIN_TIMEOUT_S = 20.0  # how long joining a Ray cluster may take before its address is refused
+
+
 class FederationError(RuntimeError):
     """The simulation could not be set up or a round could not complete."""
+
+
+class ClientFailureError(FederationError):
+    """A client failed in too many rounds in a row (``simulation.max_failed_rounds``)."""
+
+
+def error_summary(reason: str) -> str:
+    """The line of an error reply's reason (often a whole traceback) that says what went wrong."""
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else "no reason given"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class FailureWatch:
+    """Counts failing clients round by round, across every phase run on one federation.
+
+    Each failure's whole reason (the client's traceback) goes to ``failure_log``; the console gets
+    one line per round with failures. A client that fails in ``max_failed_rounds`` rounds in a
+    row (rounds it was asked to train in) stops the run with :class:`ClientFailureError`.
+    """
+
+    def __init__(self, partition_of: dict[int, int], max_failed_rounds: int, failure_log: Path | None,
+                 log: Callable[[str], None] = print) -> None:
+        self.partition_of, self.max_failed_rounds = partition_of, max_failed_rounds
+        self.failure_log, self.log = failure_log, log
+        self.streak: dict[int, int] = {}
+        self.entries: list[str] = []
+
+    def check(self, stage: str, server_round: int, messages: list[Message], replies: list[Message],
+              timeout: float) -> None:
+        sampled = sorted(self.partition_of.get(m.metadata.dst_node_id, -1) for m in messages)
+        failed: dict[int, str] = {}
+        for reply in replies:
+            if reply.has_error():
+                failed[self.partition_of.get(reply.metadata.src_node_id, -1)] = reply.error.reason
+        answered = {self.partition_of.get(r.metadata.src_node_id, -1) for r in replies}
+        failed.update({pid: f"no reply within {timeout:g} s" for pid in sampled if pid not in answered})
+        for pid in sampled:
+            self.streak[pid] = self.streak.get(pid, 0) + 1 if pid in failed else 0
+        if not failed:
+            return
+        where = f"{stage} round {server_round}"
+        self.entries += [f"=== {where}, client {pid}\n{reason.rstrip()}\n" for pid, reason in sorted(failed.items())]
+        if self.failure_log is not None:
+            atomic_write_text(self.failure_log, "\n".join(self.entries))
+        first = min(failed)
+        self.log(f"  {where}: {len(failed)} of {len(sampled)} clients failed (client {first}: "
+                 f"{error_summary(failed[first])}){self._see()}")
+        pid, streak = max(self.streak.items(), key=lambda kv: (kv[1], -kv[0]))
+        if streak >= self.max_failed_rounds:
+            raise ClientFailureError(
+                f"simulation.max_failed_rounds: client {pid} failed in {streak} rounds in a row, the last in {where} "
+                f"({error_summary(failed.get(pid, ''))}){self._see()}; fix what makes it fail, or raise "
+                "simulation.max_failed_rounds to tolerate it longer")
+
+    def _see(self) -> str:
+        return f"; tracebacks in {self.failure_log}" if self.failure_log is not None else ""
 
 
 class Federation:
@@ -59,14 +124,18 @@ class Federation:
         How many SuperNodes (partitions) the simulation has.
     timeout
         Seconds to wait for a round's replies.
+    max_failed_rounds, failure_log, log
+        How failing clients are reported and when they stop the run (:class:`FailureWatch`).
     """
 
-    def __init__(self, grid: Grid, num_clients: int, timeout: float = 3600.0) -> None:
+    def __init__(self, grid: Grid, num_clients: int, timeout: float = 3600.0, max_failed_rounds: int = 3,
+                 failure_log: Path | None = None, log: Callable[[str], None] = print) -> None:
         self.grid = grid
         self.num_clients = num_clients
         self.timeout = timeout
         compat.fast_grid_pulls(grid)
         self.node_of = self._discover()
+        self.failures = FailureWatch({n: p for p, n in self.node_of.items()}, max_failed_rounds, failure_log, log)
 
     def _discover(self) -> dict[int, int]:
         """Ask every node for its partition id (node ids are random 64-bit numbers each run)."""
@@ -85,10 +154,14 @@ class Federation:
         return {int(r.content["info"]["partition-id"]): r.metadata.src_node_id for r in replies}
 
     def train_round(self, strategy: Strategy, arrays: ArrayRecord, server_round: int,
-                    config: ConfigRecord | None = None) -> tuple[ArrayRecord, MetricRecord]:
-        """One round: ``strategy`` picks clients and what they do, they train, it aggregates."""
-        messages = strategy.configure_train(server_round, arrays, config or ConfigRecord(), self.grid)
-        replies = self.grid.send_and_receive(messages, timeout=self.timeout)
+                    config: ConfigRecord | None = None, stage: str = "") -> tuple[ArrayRecord, MetricRecord]:
+        """One round: ``strategy`` picks clients and what they do, they train, it aggregates.
+
+        ``stage`` names the phase in failure reports (``"training"``, ``"puf"``, ``"probe"``).
+        """
+        messages = list(strategy.configure_train(server_round, arrays, config or ConfigRecord(), self.grid))
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        self.failures.check(stage or "round", server_round, messages, replies, self.timeout)
         new, metrics = strategy.aggregate_train(server_round, replies)
         if new is None or metrics is None:
             raise FederationError(f"round {server_round}: no client update to aggregate")
@@ -116,6 +189,76 @@ def _share_python_path() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *paths])
 
 
+def machine_resources() -> dict[str, float]:
+    """CPUs this process may use and GPUs torch can see on this machine."""
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())}
+
+
+def _ray_endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) of a Ray address ``host:port`` or ``ray://host:port``; None for ``auto``."""
+    if address == "auto":
+        return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"simulation.ray_address: {address!r} is not host:port (e.g. 127.0.0.1:6379) or 'auto'")
+    return host, int(port)
+
+
+def cluster_resources(address: str, timeout: float = 5.0) -> dict[str, float]:
+    """The resources of the Ray cluster at ``address``; ConfigError within seconds when none answers."""
+    endpoint = _ray_endpoint(address)
+    if endpoint is not None:
+        try:
+            socket.create_connection(endpoint, timeout=timeout).close()
+        except OSError as err:
+            raise ConfigError(f"simulation.ray_address: nothing answers at {address} ({err.strerror or err}); "
+                              "start the cluster there (`ray start --head`) or leave ray_address empty for a "
+                              "local one") from None
+    quiet_environment()
+    import ray
+
+    joined: dict[str, object] = {}
+
+    def join() -> None:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+            joined["resources"] = {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+            ray.shutdown()
+        except Exception as err:  # noqa: BLE001 - any failure to join is reported as the address's problem
+            joined["error"] = err
+
+    worker = threading.Thread(target=join, daemon=True)  # a wrong service on the port can make ray.init hang
+    worker.start()
+    worker.join(JOIN_TIMEOUT_S)
+    if "resources" not in joined:
+        why = joined.get("error", f"no answer within {JOIN_TIMEOUT_S:g} s")
+        raise ConfigError(f"simulation.ray_address: cannot join a Ray cluster at {address} ({why}); start one "
+                          "there (`ray start --head`) or leave ray_address empty for a local one")
+    return joined["resources"]  # type: ignore[return-value]
+
+
+def check_resources(sim: SimulationConfig, available: dict[str, float] | None = None) -> None:
+    """Refuse client resources the machine (or ``simulation.ray_address``'s cluster) cannot give.
+
+    Ray would otherwise wait forever for an actor it cannot place. ``available`` defaults to
+    :func:`machine_resources`, or the cluster's when an address is set.
+    """
+    if available is None:
+        available = cluster_resources(sim.ray_address) if sim.ray_address else machine_resources()
+    where = f"the Ray cluster at {sim.ray_address}" if sim.ray_address else "this machine"
+    cpus, gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
+    if sim.num_cpus > cpus:
+        raise ConfigError(f"simulation.num_cpus: each client asks for {sim.num_cpus:g} CPU(s) but {where} has "
+                          f"{cpus:g}; set simulation.num_cpus to at most {cpus:g}")
+    if sim.num_gpus > gpus:
+        fix = f"at most {gpus:g}" if gpus else "0 (CPU only)"
+        raise ConfigError(f"simulation.num_gpus: each client asks for {sim.num_gpus:g} GPU(s) but {where} has "
+                          f"{gpus:g}; set simulation.num_gpus to {fix}")
+
+
 def backend_config(sim: SimulationConfig) -> dict:
     """Ray backend settings: client resources, and a private local cluster unless an address is given."""
     init_args: dict = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
@@ -126,11 +269,15 @@ def backend_config(sim: SimulationConfig) -> dict:
     return {"client_resources": {"num_cpus": sim.num_cpus, "num_gpus": sim.num_gpus}, "init_args": init_args}
 
 
-def run_federation(num_clients: int, sim: SimulationConfig, job: Callable[[Federation], T]) -> T:
+def run_federation(num_clients: int, sim: SimulationConfig, job: Callable[[Federation], T],
+                   failure_log: Path | None = None) -> T:
     """Start a simulation of ``num_clients`` clients, run ``job`` in its ServerApp, return its result.
 
-    An exception raised by ``job`` is re-raised here after the simulation has shut down.
+    The resources are checked first (:func:`check_resources`). An exception raised by ``job`` is
+    re-raised here after the simulation has shut down. Failing clients' tracebacks go to
+    ``failure_log``.
     """
+    check_resources(sim)
     quiet_environment()
     compat.fast_node_polling()
     _share_python_path()
@@ -143,7 +290,8 @@ def run_federation(num_clients: int, sim: SimulationConfig, job: Callable[[Feder
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        outcome["result"] = job(Federation(grid, num_clients))
+        outcome["result"] = job(Federation(grid, num_clients, max_failed_rounds=sim.max_failed_rounds,
+                                           failure_log=failure_log))
 
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
                    backend_name="ray", backend_config=backend_config(sim))

@@ -11,7 +11,9 @@ Layout of ``DIR``::
 
 The reference (the strategy from scratch, retrain unless another is listed) runs first: its test
 accuracy is the recovery target and every metric is also reported as its gap to the reference's
-(same seed). A strategy whose result.json exists is not run again.
+(same seed). Each piece (a seed's training, each strategy, each model's probe) records the
+settings it depends on (:mod:`fedunlearn.provenance`): with the same settings a finished piece is
+reused, otherwise it is recomputed, so the folder's config.toml describes every result in it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
-from fedunlearn.config import ConfigError, ExperimentConfig
+from fedunlearn.config import ConfigError, ExperimentConfig, config_to_dict, to_toml
 from fedunlearn.data import federated_data
 from fedunlearn.evaluation import Scorer
 from fedunlearn.evaluation.metrics import METRICS, ModelView, evaluate_all
@@ -30,8 +34,9 @@ from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
 from fedunlearn.parts import check_parts
 from fedunlearn.phases.forget import load_snapshot, run_strategy
-from fedunlearn.phases.probe import metric_value, probe_models, write_probes
+from fedunlearn.phases.probe import ProbeCache, metric_value, probe_models, write_probes
 from fedunlearn.phases.train import train_phase
+from fedunlearn.provenance import Piece, probe_settings, strategy_settings, training_settings
 from fedunlearn.results import RunDir, csv_text
 from fedunlearn.strategies import StrategySpec
 
@@ -128,33 +133,73 @@ def probe_columns(results: dict[str, dict[str, ProbeResult]], name: str, referen
     return out
 
 
+@dataclass
+class SeedPieces:
+    """The pieces of one seed's comparison and the settings each depends on."""
+
+    train: Piece
+    strategies: dict[str, Piece]
+    probes: dict[tuple[str, str], Piece]
+
+    @classmethod
+    def of(cls, cfg: ExperimentConfig, specs: list[StrategySpec], seed_dir: Path) -> SeedPieces:
+        train = Piece(seed_dir / "train", training_settings(cfg))
+        reference = Piece(seed_dir / "strategies" / specs[0].label,
+                          strategy_settings(cfg, specs[0], train.fingerprint, ""))
+        strategies = {specs[0].label: reference}
+        for spec in specs[1:]:
+            strategies[spec.label] = Piece(seed_dir / "strategies" / spec.label,
+                                           strategy_settings(cfg, spec, train.fingerprint, reference.fingerprint))
+        models = {"original": train.fingerprint, **{k: p.fingerprint for k, p in strategies.items()}}
+        probes = {(mode, name): Piece(seed_dir / "probe" / mode / name,
+                                      probe_settings(cfg, mode, fp, train.fingerprint))
+                  for mode in (cfg.probe.modes if cfg.probe.enabled else []) for name, fp in models.items()}
+        return cls(train, strategies, probes)
+
+    def clear_stale(self, seed_dir: Path, log=print) -> None:
+        """Remove every result in ``seed_dir`` this experiment would not compute as it stands."""
+        for piece in [self.train, *self.strategies.values(), *self.probes.values()]:
+            piece.clear_if_stale(str(piece.path), log)
+        kept = {p.path for p in [*self.strategies.values(), *self.probes.values()]}
+        modes = {mode for mode, _ in self.probes}
+        listed = [*(seed_dir / "strategies").glob("*"), *(seed_dir / "probe").glob("*/*")]
+        listed += [p for p in (seed_dir / "probe").glob("*") if p.name.removesuffix(".csv") not in modes]
+        for path in listed:
+            if path.exists() and path not in kept:
+                log(f"{path}: not part of this experiment any more; removing it")
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpec], out: Path, rows: list[dict],
                  log=print) -> None:
     """Train (or resume) seed ``cfg.seed``, run every strategy, score and probe every model.
 
     Rows go into ``rows`` and the summary is rewritten after each strategy, so a failure loses
-    nothing already done. The forget set and the scorer are built once here.
+    nothing already done. The forget set and the scorer are built once here. A piece whose
+    recorded settings match is reused.
     """
     seed_dir = out / f"seed-{cfg.seed}"
-    train_dir = seed_dir / "train"
+    pieces = SeedPieces.of(cfg, specs, seed_dir)
+    pieces.clear_stale(seed_dir, log)
     scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forgotten_clients())
     log(f"[seed {cfg.seed}] training {cfg.train.rounds} rounds")
-    trained = train_phase(fed, cfg, train_dir, scorer, resume=(train_dir / "checkpoint").exists(), log=log)
+    trained = train_phase(fed, cfg, pieces.train.path, scorer, resume=True, log=log)
     original = scorer.summary_metrics(trained.weights)
     check_original(cfg, original)
-    snapshot = load_snapshot(cfg, train_dir, cfg.forget_requests()[0].round, scorer.initial_weights())
+    snapshot = load_snapshot(cfg, pieces.train.path, cfg.forget_requests()[0].round, scorer.initial_weights())
     seed_rows = [{"strategy": "original", "seed": cfg.seed, "from_scratch": False, **original}]
     models = {"original": trained.weights}
     reference, target = specs[0], None  # resolve_strategies puts the reference first
     for spec in specs:
-        sdir = seed_dir / "strategies" / spec.label
-        if (sdir / "result.json").exists():
-            log(f"[seed {cfg.seed}] {spec.label}: already done, reusing {sdir}")
-            weights, _ = RunDir(sdir).load_checkpoint()
-            row = json.loads((sdir / "result.json").read_text())
+        piece = pieces.strategies[spec.label]
+        if piece.matches() and (piece.path / "result.json").exists():
+            log(f"[seed {cfg.seed}] {spec.label}: already done with these settings, reusing {piece.path}")
+            weights, _ = RunDir(piece.path).load_checkpoint()
+            row = json.loads((piece.path / "result.json").read_text())
         else:
             log(f"[seed {cfg.seed}] {spec.label}")
-            outcome = run_strategy(fed, cfg, spec, snapshot, sdir, scorer, target, log=log)
+            piece.claim(str(piece.path), log)
+            outcome = run_strategy(fed, cfg, spec, snapshot, piece.path, scorer, target, log=log)
             weights, row = outcome.weights, outcome.row()
         models[spec.label] = weights
         metrics = scorer.summary_metrics(weights)
@@ -168,7 +213,7 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpe
         r.update(evaluate_all(scorer, models[r["strategy"]], reference_view))
     if cfg.probe.enabled:
         log(f"[seed {cfg.seed}] relearning-delay probe ({cfg.probe_metric()}, modes {cfg.probe.modes})")
-        results = probe_models(fed, cfg, scorer, trained.weights, models, log=log)
+        results = probe_models(fed, cfg, scorer, trained.weights, models, log=log, cache=ProbeCache(pieces.probes))
         write_probes(seed_dir, results)
         for r in seed_rows:
             r.update(probe_columns(results, r["strategy"], reference.label))
@@ -192,7 +237,12 @@ def compare(fed: Federation, cfg: ExperimentConfig, out: str | Path, seeds: int 
     """
     specs = check_comparison(cfg, seeds)
     out = Path(out)
-    RunDir(out).write_config(cfg)
+    run = RunDir(out)
+    if run.config.exists() and run.config.read_text() != to_toml(config_to_dict(cfg)):
+        for derived in ("summary.csv", "summary.json", "report.md"):  # rewritten as the pieces complete
+            (out / derived).unlink(missing_ok=True)
+        shutil.rmtree(out / "plots", ignore_errors=True)
+    run.write_config(cfg)
     rows: list[dict] = []
     for s in range(cfg.seed, cfg.seed + seeds):
         compare_seed(fed, dataclasses.replace(cfg, seed=s), specs, out, rows, log)

@@ -123,7 +123,7 @@ class Timeline:
     # -- the one round runner --------------------------------------------------------------
     def run_round(self, strategy: Strategy, weights: Weights, rnd: int, phase: str) -> Weights:
         """One Flower round of ``strategy``, evaluated, counted and checked for NaN/Inf."""
-        arrays, _ = self.fed.train_round(strategy, ArrayRecord(weights), rnd)
+        arrays, _ = self.fed.train_round(strategy, ArrayRecord(weights), rnd, stage=self.spec.label)
         new = arrays.to_numpy_ndarrays()
         self.check_finite(new, f"round {rnd} ({phase})")
         rep, cost = strategy.report, self.outcome.cost

@@ -10,6 +10,7 @@ starts its probe on the same clock, so all get the same client randomness.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from fedunlearn.evaluation import Scorer
 from fedunlearn.evaluation.probe import ProbeResult, threshold
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
+from fedunlearn.provenance import Piece
 from fedunlearn.results import RunDir, csv_text
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import RecordingFedAvg
@@ -53,7 +55,7 @@ def probe_all(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: W
     curve = [metric_value(scorer, weights, metric)]
     arrays = ArrayRecord(weights)
     for i in range(1, cfg.probe.max_rounds + 1):
-        arrays, _ = fed.train_round(strategy, arrays, PROBE_CLOCK + i)
+        arrays, _ = fed.train_round(strategy, arrays, PROBE_CLOCK + i, stage="probe")
         curve.append(metric_value(scorer, arrays.to_numpy_ndarrays(), metric))
     return ProbeResult(metric, "rounds", curve, tau)
 
@@ -77,17 +79,43 @@ def probe_alone(cfg: ExperimentConfig, scorer: Scorer, weights: Weights, tau: fl
     return ProbeResult(metric, "steps", curve, tau)
 
 
+class ProbeCache:
+    """Finished probes kept in their pieces' folders (``result.json``), reused while their settings match."""
+
+    def __init__(self, pieces: dict[tuple[str, str], Piece]) -> None:
+        self.pieces = pieces
+
+    def get(self, mode: str, name: str) -> ProbeResult | None:
+        piece = self.pieces[mode, name]
+        if not (piece.matches() and (piece.path / "result.json").exists()):
+            return None
+        return ProbeResult(**json.loads((piece.path / "result.json").read_text()))
+
+    def put(self, mode: str, name: str, result: ProbeResult) -> None:
+        piece = self.pieces[mode, name]
+        piece.claim(str(piece.path))
+        atomic_write_text(piece.path / "result.json", json.dumps(dataclasses.asdict(result)))
+
+
 def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, original: Weights,
-                 models: dict[str, Weights], log=print) -> dict[str, dict[str, ProbeResult]]:
-    """Probe every model in every configured mode: {mode: {name: result}}."""
+                 models: dict[str, Weights], log=print, cache: ProbeCache | None = None
+                 ) -> dict[str, dict[str, ProbeResult]]:
+    """Probe every model in every configured mode: {mode: {name: result}}; ``cache`` keeps finished ones."""
     metric = cfg.probe_metric()
     tau = threshold(metric, metric_value(scorer, original, metric), cfg.probe.alpha)
     results: dict[str, dict[str, ProbeResult]] = {}
     for mode in cfg.probe.modes:
         results[mode] = {}
         for name, weights in models.items():
+            res = cache.get(mode, name) if cache else None
+            if res is not None:
+                results[mode][name] = res
+                log(f"  probe [{mode}] {name}: already done with these settings, reusing it")
+                continue
             res = probe_all(fed, cfg, scorer, weights, tau) if mode == "all" else probe_alone(cfg, scorer, weights, tau)
             results[mode][name] = res
+            if cache:
+                cache.put(mode, name, res)
             log(f"  probe [{mode}] {name}: {metric} {res.curve[0]:.3f} -> {res.curve[-1]:.3f}, "
                 f"delay {res.delay_text} {res.unit} (threshold {tau:.3f})")
     return results

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import ArrayRecord
 
-from fedunlearn.arrays import Weights
-from fedunlearn.config import ExperimentConfig
+from fedunlearn.arrays import Weights, all_finite
+from fedunlearn.config import ConfigError, ExperimentConfig
 from fedunlearn.evaluation import Scorer
 from fedunlearn.flower.runtime import Federation
+from fedunlearn.provenance import Piece, training_settings
 from fedunlearn.results import RunDir, read_csv
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import RecordingFedAvg
@@ -37,32 +40,44 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, scorer:
                 log=print) -> TrainResult:
     """Run ``cfg.train.rounds`` FedAvg rounds over every client, writing to the run folder ``out``.
 
-    With ``resume`` and a checkpoint in ``out``, training continues after the checkpointed round;
-    rounds.csv keeps the rows up to it. The result is the same as an uninterrupted run, because
-    every random choice is seeded by (seed, round, client). ``scorer`` evaluates every round (its
-    forget set is the experiment's forgotten clients).
+    With ``resume`` and a checkpoint in ``out`` computed with the same settings (its
+    :mod:`~fedunlearn.provenance` record; ``train.rounds`` may have grown), training continues
+    after the checkpointed round; rounds.csv keeps the rows up to it. The result is the same as an
+    uninterrupted run, because every random choice is seeded by (seed, round, client). A folder
+    computed with other settings is cleared and trained again, saying so. ``scorer`` evaluates
+    every round (its forget set is the experiment's forgotten clients). A round that leaves NaN or
+    Inf in the weights or the loss stops training with ConfigError naming the learning rates.
     """
     run = RunDir(out)
+    piece = Piece(run.path, training_settings(cfg))
     weights, start, rows = scorer.initial_weights(), 0, []
-    if resume and run.checkpoint.exists():
+    if piece.claim(str(out), log) and resume and run.checkpoint.exists():
         weights, start = run.load_checkpoint()
         rows = [r for r in read_csv(run.rounds) if int(r["round"]) <= start] if run.rounds.exists() else []
         log(f"resuming {out} after round {start}")
+        if start > cfg.train.rounds:
+            log(f"{out}: trained for {start} rounds, more than train.rounds = {cfg.train.rounds}; training again")
+            shutil.rmtree(run.path)
+            piece.claim(str(out), log)
+            weights, start, rows = scorer.initial_weights(), 0, []
     run.write_config(cfg)
-    store = open_store(cfg, run, resume)
+    store = open_store(cfg, run, resume and start > 0)
     t = cfg.train
     strategy = RecordingFedAvg.from_config(cfg, store, fed.node_of, range(cfg.data.num_clients))
-    failures: list[str] = []
     snapshot_rounds = {r.round for r in cfg.forget_requests()[:1]}
     arrays = ArrayRecord(weights)
     t0 = time.perf_counter()
     for rnd in range(start + 1, t.rounds + 1):
-        arrays, _ = fed.train_round(strategy, arrays, rnd)
+        arrays, _ = fed.train_round(strategy, arrays, rnd, stage="training")
         weights = arrays.to_numpy_ndarrays()
+        rep = strategy.report
+        if not (all_finite(weights) and math.isfinite(rep.train_loss)):
+            what = "weights" if math.isfinite(rep.train_loss) else "clients' training loss"
+            raise ConfigError(f"train.lr: training round {rnd} left NaN or Inf in the {what} "
+                              f"(train.lr = {t.lr:g}, train.server_lr = {t.server_lr:g}, train.momentum = "
+                              f"{t.momentum:g}); lower train.lr (or train.server_lr) so training does not diverge")
         m = scorer.round_metrics(weights)
         acc, loss = m["test_acc"], m["test_loss"]
-        rep = strategy.report
-        failures += [f"round {rnd}: {f}" for f in rep.failures]
         rows.append({"round": rnd, "test_acc": f"{acc:.6f}", "test_loss": f"{loss:.6f}",
                      "forget_acc": f"{m['forget_acc']:.6f}", "backdoor_asr": f"{m['backdoor_asr']:.6f}",
                      "train_loss": f"{rep.train_loss:.6f}", "clients": len(rep.succeeded),
@@ -74,7 +89,6 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, scorer:
             store.save()
             run.save_checkpoint(weights, rnd)
             run.write_rounds(rows)
-            run.write_failures(failures)
         log(f"round {rnd}/{t.rounds}  test_acc={acc:.4f}  test_loss={loss:.4f}  "
             f"train_loss={rep.train_loss:.4f}  clients={len(rep.succeeded)}  failures={len(rep.failures)}")
     return TrainResult(weights, rows, store)

@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedunlearn.arrays import Weights, weighted_step
 from fedunlearn.config import ExperimentConfig, config_to_dict
+from fedunlearn.flower.runtime import error_summary
 from fedunlearn.store import PseudoGradientStore
 
 
@@ -130,14 +131,18 @@ class RecordingFedAvg(FedAvg):
         replies = list(replies)
         valid = [m for m in replies if not m.has_error() and self._well_formed(m)]
         accepted = {id(m) for m in valid}
-        self.report.failures = [f"node {m.metadata.src_node_id}: " + (m.error.reason if m.has_error() else
-                                "reply without one ArrayRecord and a MetricRecord with num-examples and partition-id")
+        partition_of = {n: p for p, n in self.node_of.items()}
+        self.report.failures = [f"client {partition_of.get(m.metadata.src_node_id, '?')}: "
+                                + (error_summary(m.error.reason) if m.has_error() else
+                                   "reply without one ArrayRecord and a MetricRecord with num-examples and partition-id")
                                 for m in replies if id(m) not in accepted]
         required = self.min_train_nodes or len(self.report.sampled)
         if len(valid) < required:
             raise TooFewClientsError(
-                f"round {server_round}: {len(valid)} of {len(self.report.sampled)} sampled clients succeeded, "
-                f"{required} required (train.min_train_clients); failures: {'; '.join(self.report.failures)}"
+                f"train.min_train_clients: in round {server_round} {len(valid)} of {len(self.report.sampled)} "
+                f"sampled clients succeeded, {required} required ({'; '.join(self.report.failures[:3])}"
+                f"{' ...' if len(self.report.failures) > 3 else ''}); fix the failing clients or lower "
+                "train.min_train_clients (0 requires every sampled client)"
             )
         updates = []
         for msg in valid:

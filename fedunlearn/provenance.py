@@ -1,0 +1,151 @@
+"""What each finished piece of a results folder was computed with, so ``--resume`` never mixes settings.
+
+A *piece* is a folder one step of the pipeline writes: a training run, one strategy's timeline,
+one model's relearning probe. Before a piece is computed, ``settings.json`` records the settings
+it depends on (and only those) with their fingerprint, a hash of their canonical JSON. On resume,
+:meth:`Piece.claim` keeps a piece whose fingerprint matches and clears one computed with other
+settings, saying which settings changed, so every result left in a folder is described by the
+folder's resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedunlearn.config import ExperimentConfig, config_to_dict
+from fedunlearn.io import atomic_write_text
+from fedunlearn.settings import as_dict
+
+if TYPE_CHECKING:
+    from fedunlearn.strategies import StrategySpec
+
+SETTINGS_FILE = "settings.json"
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    """A short hash of ``settings`` in canonical JSON (key order does not matter)."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def flatten(settings: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``{"a.b.c": value}`` (lists are values)."""
+    if not isinstance(settings, dict):
+        return {prefix.rstrip("."): settings}
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def changes(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> str:
+    """The settings that differ, as ``key old -> new`` (at most ``limit``, then a count)."""
+    a, b = flatten(old), flatten(new)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "(unset)") != b.get(k, "(unset)"))
+    text = ", ".join(f"{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in keys[:limit])
+    return text + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+@dataclasses.dataclass
+class Piece:
+    """One folder of results and the settings it depends on.
+
+    Parameters
+    ----------
+    path
+        The piece's folder.
+    settings
+        Everything its results depend on, as a JSON-shaped dict (nested pieces' fingerprints
+        included, so a change upstream reaches every piece downstream).
+    """
+
+    path: Path
+    settings: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.settings)
+
+    def recorded(self) -> dict[str, Any] | None:
+        """The settings the folder's results were computed with, or None when it has no record."""
+        try:
+            return json.loads((self.path / SETTINGS_FILE).read_text())["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def matches(self) -> bool:
+        """Whether the folder's results were computed with exactly these settings."""
+        recorded = self.recorded()
+        return recorded is not None and fingerprint(recorded) == self.fingerprint
+
+    def clear_if_stale(self, name: str, log=print) -> None:
+        """Remove the folder when it holds results computed with other settings (or with no record)."""
+        if self.matches() or not self.path.exists() or not any(self.path.iterdir()):
+            return
+        recorded = self.recorded()
+        why = (f"computed with other settings ({changes(recorded, self.settings)})" if recorded is not None
+               else "no record of the settings it was computed with")
+        log(f"{name}: {why}; recomputing it")
+        shutil.rmtree(self.path)
+
+    def claim(self, name: str, log=print) -> bool:
+        """Keep the folder if it matches (True); else clear it, say why, and record these settings (False).
+
+        A folder without a record but with files in it was written by an older version or by
+        hand: it is cleared too, since nothing says what it was computed with.
+        """
+        if self.matches():
+            return True
+        self.clear_if_stale(name, log)
+        atomic_write_text(self.path / SETTINGS_FILE,
+                          json.dumps({"fingerprint": self.fingerprint, "settings": self.settings}, indent=1,
+                                     sort_keys=True, default=str))
+        return False
+
+
+def _used(section: dict[str, Any], parts: list[str]) -> dict[str, Any]:
+    """A config section without the settings tables of parts it does not use."""
+    return {k: v for k, v in section.items() if not isinstance(v, dict) or k in parts or k == "backdoor"}
+
+
+def training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What a training run's checkpoints, store and rounds.csv depend on.
+
+    The forget requests are in: their rounds decide which snapshots are kept and their clients
+    which forget accuracy rounds.csv reports. ``train.rounds`` is out, so training can be
+    extended by resuming with more rounds (round t never depends on how many follow).
+    ``simulation`` is out too: it changes where and how fast, not what.
+    """
+    raw = config_to_dict(cfg)
+    train = {k: v for k, v in raw["train"].items() if k != "rounds"}
+    return {"seed": cfg.seed, "data": _used(raw["data"], [cfg.data.name, cfg.data.partition]),
+            "model": _used(raw["model"], [cfg.model.name]), "train": train,
+            "store": {"history": cfg.store.history, "dtype": cfg.store.dtype},
+            "forget": [dataclasses.asdict(r) for r in cfg.forget_requests()]}
+
+
+def strategy_settings(cfg: ExperimentConfig, spec: StrategySpec, training: str, reference: str) -> dict[str, Any]:
+    """What one strategy's timeline depends on: the training run and its length, the parts' settings, recovery.
+
+    ``training`` and ``reference`` are the fingerprints of the training run and of the reference
+    strategy (recovery "until-retrain" aims at the reference's test accuracy).
+    """
+    f = cfg.forgetting
+    out: dict[str, Any] = {"training": training, "rounds": cfg.train.rounds, "strategy": spec.label,
+                           "parts": {p.name: as_dict(s) for p, s in zip(spec.parts, spec.settings, strict=True)}}
+    if not spec.from_scratch and spec.build().recovers:
+        out["recovery"] = {"mode": f.recovery, "rounds": f.recovery_rounds, "tolerance": f.recovery_tolerance}
+        if f.recovery == "until-retrain":
+            out["reference"] = reference
+    return out
+
+
+def probe_settings(cfg: ExperimentConfig, mode: str, model: str, training: str) -> dict[str, Any]:
+    """What one model's probe in ``mode`` depends on: the model, the original (its threshold), the probe."""
+    probe = {k: v for k, v in config_to_dict(cfg.probe).items() if k not in ("enabled", "modes")}
+    return {"mode": mode, "model": model, "original": training, "probe": probe}
