@@ -10,6 +10,8 @@ needs no line at all: name it by its import path in Flower's ``module:attr`` con
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -33,8 +35,14 @@ class Part(Generic[T]):
 
 
 def import_path(path: str, field: str) -> Any:
-    """The object named ``module:attr`` (attr may be dotted), or ConfigError naming ``field``."""
+    """The object named ``module:attr`` (attr may be dotted), or ConfigError naming ``field``.
+
+    The working directory is searched too, as ``python -m`` and Flower's app loader do (an
+    installed console script would not), so a lab's module beside its experiment is found.
+    """
     module_name, _, attr = path.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as err:

@@ -84,6 +84,15 @@ def test_import_paths_resolve_and_fail_clearly():
         check_parts(load_config(None, [*LAB, "forgetting.strategies=['tests.parts.lab:blobs']"]))
 
 
+def test_a_module_in_the_working_directory_is_found_as_the_console_script_runs(tmp_path, monkeypatch):
+    from fedunlearn.registry import import_path
+
+    (tmp_path / "beside_the_experiment.py").write_text("WIDTH = 7\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    assert import_path("beside_the_experiment:WIDTH", "model.name") == 7
+
+
 @pytest.mark.slow
 def test_a_labs_own_strategy_model_and_data_set_run_in_a_comparison(tmp_path, capsys):
     STRATEGIES.register("shrink", Shrink)  # the one line that adds a strategy
