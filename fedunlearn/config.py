@@ -156,7 +156,8 @@ class ForgettingConfig:
     """Which unlearning strategies run, and the protocol they share (docs/methods.md, "Forgetting").
 
     Each strategy's own settings are a table named after it (``[forgetting.puf] eta = 20``);
-    a strategy may also carry settings after ``@`` (``"puf@eta=40"``) to run beside the others.
+    a strategy may also carry settings after ``@`` (``"puf@eta=40"``) to run beside the others, or
+    be an inline table with a short label (``{ strategy = "puf", label = "puf-40", eta = 40 }``).
 
     Recovery is FedAvg over the remaining clients after the unlearning step. With
     ``recovery = "until-retrain"`` it stops at the first round whose test accuracy reaches the
@@ -173,7 +174,7 @@ class ForgettingConfig:
     (else the original holds nothing measurable that retraining removes).
     """
 
-    strategies: list[str] = field(default_factory=lambda: ["retrain", "natural", "puf", "puf-ieu"])
+    strategies: list[Any] = field(default_factory=lambda: ["retrain", "natural", "puf", "puf-ieu"])
     recovery: str = "until-retrain"
     recovery_rounds: int = 30
     recovery_tolerance: float = 0.01
@@ -183,6 +184,10 @@ class ForgettingConfig:
     settings: dict[str, dict[str, Any]] = parts_field()
 
     def validate(self) -> None:
+        for entry in self.strategies:
+            require(isinstance(entry, str) or isinstance(entry, dict) and isinstance(entry.get("strategy"), str),
+                    "strategies", f"{entry!r} is neither a spec (\"puf@eta=40\") nor a table with a strategy "
+                    "(e.g. { strategy = \"puf\", label = \"puf-40\", eta = 40 })")
         require(self.recovery in ("until-retrain", "fixed"), "recovery",
                 f"must be 'until-retrain' or 'fixed' (got {self.recovery!r})")
         require(self.recovery_rounds >= 0, "recovery_rounds", f"must be >= 0 (got {self.recovery_rounds})")
@@ -354,6 +359,8 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table, e.g. a labelled strategy entry
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
     return repr(value)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedunlearn.cli import main
-from fedunlearn.config import load_config
+from fedunlearn.config import config_to_dict, load_config, to_toml
 from fedunlearn.parts import check_parts, load_experiment
 from fedunlearn.results import RunDir, read_csv
 from fedunlearn.settings import ConfigError
@@ -56,10 +57,31 @@ def test_a_variant_overrides_only_its_own_entry():
     assert (unlearner.inner.settings.eta, unlearner.settings.decay, unlearner.settings.noise) == (40.0, 0.2, 0.0)
     assert wrapped.describe_step(unlearner) == ("forgetting.puf.eta = 40.0, forgetting.ieu.decay = 0.2, "
                                                 "forgetting.ieu.noise = 0.0")
-    with pytest.raises(ConfigError, match=r"'etaa=3' in 'puf@etaa=3' is not a setting of puf; .*'puf.eta'"):
+    with pytest.raises(ConfigError, match=r"'etaa' in 'puf@etaa=3' is not a setting of puf; .*'puf.eta'"):
         strategy_spec("puf@etaa=3", cfg.forgetting)
     with pytest.raises(ConfigError, match=r"^forgetting.puf.eta: must be > 0"):
         strategy_spec("puf@eta=-3", cfg.forgetting)
+
+
+def test_a_labelled_entry_names_its_rows_and_keeps_its_full_spec():
+    entries = ('forgetting.strategies=["retrain", { strategy = "puf+ieu", label = "puf-ieu-40", eta = 40, '
+               'ieu = { decay = 0.2 } }, { strategy = "puf@mode=special", label = "special", eta = 2 }]')
+    cfg = load_config(ROOT / "experiments/default.toml", [entries])
+    specs = {s.label: s for s in check_parts(cfg)}
+    assert list(specs) == ["retrain", "puf-ieu-40", "special"]
+    assert specs["puf-ieu-40"].spec == "puf+ieu@eta=40,ieu.decay=0.2"
+    assert specs["special"].spec == 'puf@mode="special",eta=2'
+    ieu = specs["puf-ieu-40"].build()
+    assert (ieu.inner.settings.eta, ieu.settings.decay) == (40.0, 0.2)
+    assert load_config(None, [entries]).forgetting.strategies == cfg.forgetting.strategies
+    assert tomllib.loads(to_toml(config_to_dict(cfg)))["forgetting"]["strategies"] == cfg.forgetting.strategies
+    with pytest.raises(ConfigError, match="the label 'x' names both"):
+        check_parts(load_config(None, ['forgetting.strategies=[{ strategy = "puf", label = "x" }, '
+                                       '{ strategy = "natural", label = "x" }]']))
+    with pytest.raises(ConfigError, match="cannot name a strategy's rows and folder"):
+        check_parts(load_config(None, ['forgetting.strategies=[{ strategy = "puf", label = "a/b" }]']))
+    with pytest.raises(ConfigError, match="forgetting.strategies: .* neither a spec"):
+        load_config(None, ['forgetting.strategies=[{ label = "x" }]'])
 
 
 def test_the_reference_is_found_by_its_from_scratch_flag():

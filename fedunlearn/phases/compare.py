@@ -41,7 +41,7 @@ from fedunlearn.results import RunDir, csv_text
 from fedunlearn.strategies import StrategySpec
 
 METRIC_COLUMNS = list(METRICS)
-SUMMARY_COLUMNS = ["strategy", "seed", "from_scratch", *METRIC_COLUMNS, "recovery_rounds", "recovery_censored",
+SUMMARY_COLUMNS = ["strategy", "spec", "seed", "from_scratch", *METRIC_COLUMNS, "recovery_rounds", "recovery_censored",
                    "relearn_delay", "relearn_censored", "relearn_ratio_to_retrain", "relearn_auc", "relearn_unit",
                    "rounds", "client_epochs", "bytes_exchanged", "wall_s", "notes"]
 

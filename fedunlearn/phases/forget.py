@@ -64,20 +64,21 @@ class Cost:
 
 @dataclass
 class StrategyOutcome:
-    """A strategy's final model, its per-round curve, cost, recovery time and notes."""
+    """A strategy's final model (``name``: its label, ``spec``: the entry in full), curve, cost, recovery and notes."""
 
     name: str
     weights: Weights
     trajectory: list[dict]
     cost: Cost
     from_scratch: bool = False
+    spec: str = ""
     recovery_rounds: int | None = None
     recovery_censored: bool = False
     notes: dict = field(default_factory=dict)
 
     def row(self) -> dict:
         """The cost and recovery columns of this strategy's summary row."""
-        return {"strategy": self.name, "from_scratch": self.from_scratch,
+        return {"strategy": self.name, "spec": self.spec or self.name, "from_scratch": self.from_scratch,
                 "recovery_rounds": "" if self.recovery_rounds is None else self.recovery_rounds,
                 "recovery_censored": self.recovery_censored if self.recovery_rounds is not None else "",
                 "rounds": self.cost.rounds, "client_epochs": self.cost.client_epochs,
@@ -117,7 +118,8 @@ class Timeline:
         self.fed, self.cfg, self.spec, self.snapshot, self.scorer = fed, cfg, spec, snapshot, scorer
         self.store, self.target, self.log = store, retrain_test_acc, log
         self.unlearner = spec.build()
-        self.outcome = StrategyOutcome(spec.label, snapshot.weights, [], Cost(), from_scratch=spec.from_scratch)
+        self.outcome = StrategyOutcome(spec.label, snapshot.weights, [], Cost(), from_scratch=spec.from_scratch,
+                                       spec=spec.spec)
         store.copy_latest_from(snapshot.store)
 
     # -- the one round runner --------------------------------------------------------------

@@ -5,7 +5,9 @@
 and one ``register`` line below; a user's own is named by its import path (``mylab.unlearn:Mine``).
 A strategy entry in ``forgetting.strategies`` reads ``NAME[+WRAPPER...][@key=value,...]``: the
 settings after ``@`` override the parts' tables (``[forgetting.puf]``) for that entry only, so a
-sweep runs side by side (``puf@eta=40``).
+sweep runs side by side (``puf@eta=40``). An entry may also be an inline table with a short
+label: ``{ strategy = "puf+ieu", label = "puf-ieu-40", eta = 40 }``; the label names its rows,
+folder and legend entries, and the full spec stays in the ``spec`` column of the results.
 """
 
 from __future__ import annotations
@@ -56,7 +58,10 @@ class StrategySpec:
     Attributes
     ----------
     label
-        The entry as written: its rows, folder and legend entries carry it.
+        The entry's name: its rows, folder and legend entries carry it (the spec unless a label
+        was given).
+    spec
+        The entry in full, ``NAME[+WRAPPER][@key=value,...]`` with every setting it overrides.
     parts
         The strategy, then its wrappers in order.
     settings
@@ -66,6 +71,7 @@ class StrategySpec:
     label: str
     parts: list[Part]
     settings: list[Any]
+    spec: str = ""
 
     def build(self) -> Unlearner:
         """A fresh unlearner: the strategy wrapped by each wrapper in turn."""
@@ -94,27 +100,62 @@ def _check_part(part: Part, base: type) -> None:
         raise ConfigError(f"forgetting.strategies: {part.name!r} is not a {base.__name__} subclass")
 
 
-def strategy_spec(label: str, forgetting: ForgettingConfig) -> StrategySpec:
-    """Resolve one ``forgetting.strategies`` entry (names, wrappers, ``@`` settings) and validate it."""
-    name, _, overrides = label.partition("@")
+def _flat(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """An inline table's settings as (dotted key, value), nested tables (``ieu.decay``) flattened."""
+    out: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        out += _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
+    return out
+
+
+def _entry(entry: str | dict[str, Any]) -> tuple[str, str, list[tuple[list[str], Any]]]:
+    """(label, spec, overrides) of one ``forgetting.strategies`` entry, a string or an inline table."""
+    if isinstance(entry, str):
+        name, _, written = entry.partition("@")
+        return entry, entry, [parse_override(item) for item in filter(None, written.split(","))]
+    table = dict(entry)
+    written = table.pop("strategy", None)
+    label = table.pop("label", None)
+    if not isinstance(written, str) or not (label is None or isinstance(label, str)):
+        raise ConfigError(f"forgetting.strategies: {entry!r} needs strategy = \"NAME\" (and label = \"...\" "
+                          "if any), e.g. { strategy = \"puf\", label = \"puf-40\", eta = 40 }")
+    name, _, at = written.partition("@")
+    overrides = [parse_override(item) for item in filter(None, at.split(","))]
+    overrides += [(key.split("."), value) for key, value in _flat(table)]
+    spec = name + ("@" + ",".join(f"{'.'.join(k)}={_literal(v)}" for k, v in overrides) if overrides else "")
+    return label or spec, spec, overrides
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def strategy_spec(entry: str | dict[str, Any], forgetting: ForgettingConfig) -> StrategySpec:
+    """Resolve one ``forgetting.strategies`` entry (names, wrappers, ``@`` settings, label) and validate it."""
+    label, spec, overrides = _entry(entry)
+    if not label or "/" in label or label.startswith(".") or label == "original":
+        raise ConfigError(f"forgetting.strategies: {label!r} cannot name a strategy's rows and folder; choose a "
+                          "label without '/', not starting with '.', other than 'original'")
+    name = spec.partition("@")[0]
     names = STRATEGIES.expand(name).split("+")
     parts = [STRATEGIES.get(names[0])] + [WRAPPERS.get(n) for n in names[1:]]
     _check_part(parts[0], Unlearner)
     for p in parts[1:]:
         _check_part(p, UnlearnerWrapper)
     tables = [dict(forgetting.settings.get(p.name, {})) for p in parts]
-    for item in filter(None, overrides.split(",")):
-        keys, value = parse_override(item)
+    for keys, value in overrides:
         owners = [i for i, p in enumerate(parts) if (keys[0] == p.name and len(keys) == 2)
                   or (len(keys) == 1 and keys[0] in getattr(p.settings, "__dataclass_fields__", {}))]
         if len(owners) != 1:
             valid = sorted(f"{p.name}.{k}" for p in parts for k in getattr(p.settings, "__dataclass_fields__", {}))
-            raise ConfigError(f"forgetting.strategies: {item!r} in {label!r} is "
+            raise ConfigError(f"forgetting.strategies: {'.'.join(keys)!r} in {label!r} is "
                               f"{'ambiguous' if owners else 'not a setting of ' + '+'.join(names)}; "
                               f"write {name}@key=value with keys among {valid or 'none (it takes no settings)'}")
         tables[owners[0]][keys[-1]] = value
     settings = [p.build_settings({p.name: t}, "forgetting.") for p, t in zip(parts, tables, strict=True)]
-    return StrategySpec(label, parts, settings)
+    return StrategySpec(label, parts, settings, spec)
 
 
 def resolve_strategies(cfg: ExperimentConfig) -> list[StrategySpec]:
@@ -128,7 +169,15 @@ def resolve_strategies(cfg: ExperimentConfig) -> list[StrategySpec]:
         if table != STRATEGIES.expand(table):
             raise ConfigError(f"forgetting.{table}: {table} stands for {STRATEGIES.expand(table)}; put its settings "
                               "in the tables of those parts")
-    specs = [strategy_spec(label, f) for label in dict.fromkeys(f.strategies)]
+    specs: list[StrategySpec] = []
+    for entry in f.strategies:
+        spec = strategy_spec(entry, f)
+        same = next((s for s in specs if s.label == spec.label), None)
+        if same is not None and same.spec != spec.spec:
+            raise ConfigError(f"forgetting.strategies: the label {spec.label!r} names both {same.spec!r} and "
+                              f"{spec.spec!r}; give each entry its own label")
+        if same is None:
+            specs.append(spec)
     if not any(s.from_scratch for s in specs):
         specs.insert(0, strategy_spec(REFERENCE, f))
     check_tables(f.settings, [p for s in specs for p in s.parts], [STRATEGIES, WRAPPERS], "forgetting.")
