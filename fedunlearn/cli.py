@@ -1,5 +1,6 @@
 """Command line: parses arguments and calls phases; every rule lives in the phases and parts.
 
+    fedunlearn data EXPERIMENT.toml [--seed S] [--set key=value ...] [--out DIR]
     fedunlearn train EXPERIMENT.toml [--set key=value ...] [--out DIR] [--resume]
     fedunlearn forget RUN_DIR --client 3 [--client 7] --strategy puf-ieu [--recovery-rounds R] [--set ...] [--out DIR]
     fedunlearn run EXPERIMENT.toml [--seeds N] [--set key=value ...] [--out DIR] [--resume]
@@ -53,6 +54,26 @@ def _remove_if_empty(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             return
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Print each client's samples and classes, and draw them, before anything is trained."""
+    from fedunlearn.data import federated_data
+    from fedunlearn.parts import load_experiment
+    from fedunlearn.phases.train import label_distribution_title
+    from fedunlearn.report.federation import client_rows, client_table, draw_label_distribution
+
+    overrides = [*args.set, *([f"seed={args.seed}"] if args.seed is not None else [])]
+    cfg = load_experiment(args.experiment, overrides)
+    out = _out_dir(args, Path("runs") / Path(args.experiment).stem, None)
+    data = federated_data(cfg.data, cfg.seed)
+    print(f"{cfg.data.name}: {cfg.data.num_clients} clients, partition {cfg.data.partition}, seed {cfg.seed}; "
+          f"test set {len(data.y_test)} samples; classes counted by the label each client trains on")
+    print(client_table(client_rows(data, cfg.forgotten_clients())))
+    path = draw_label_distribution(data, cfg.forgotten_clients(), out / f"label_distribution-seed{cfg.seed}.png",
+                                   label_distribution_title(cfg))
+    print(f"figure: {path}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -161,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config key, dotted for nested keys (e.g. train.rounds=10)")
         p.add_argument("--out", help="results folder (default runs/<experiment name>)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+    data = sub.add_parser("data", help="show each client's samples and classes (table and figure) before training")
+    data.add_argument("experiment", help="experiment TOML file (see experiments/)")
+    data.add_argument("--seed", type=int, help="the seed whose partition to show (default the experiment's)")
+    data.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    data.add_argument("--out", help="folder of the figure (default runs/<experiment name>)")
+    data.set_defaults(func=cmd_data)
 
     train = sub.add_parser("train", help="train a federation and keep its pseudo-gradients")
     experiment_args(train)

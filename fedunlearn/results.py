@@ -6,6 +6,7 @@ Layout::
     DIR/rounds.csv           round, test_acc, test_loss, forget_acc, backdoor_asr, train_loss, clients,
                              failures, wall_s (forget_acc on the clients the experiment will forget)
     DIR/settings.json        what the results depend on, and its fingerprint (fedunlearn.provenance)
+    DIR/label_distribution.png  each client's samples per class (the federation before training)
     DIR/failures.log         the tracebacks of failed client replies (only when there were any)
     DIR/checkpoint/global.npz  the global weights after the last checkpointed round (key ``round``)
     DIR/store/               the PseudoGradientStore (latest.npz, store.json, history/)
@@ -50,6 +51,7 @@ class RunDir:
         self.config = self.path / "config.toml"
         self.rounds = self.path / "rounds.csv"
         self.failures = self.path / "failures.log"
+        self.label_distribution = self.path / "label_distribution.png"
         self.checkpoint = self.path / "checkpoint" / "global.npz"
         self.store = self.path / "store"
 

@@ -243,6 +243,7 @@ def test_resume_with_a_changed_strategy_setting_recomputes_exactly_that_strategy
     assert recorded["parts"]["puf"]["eta"] == 5.0
     assert load_config(out / "config.toml").forgetting.settings["puf"]["eta"] == 5.0
     assert {r["strategy"] for r in read_csv(out / "summary.csv")} == {"original", "retrain", "natural", "puf"}
+    assert (out / seed / "train" / "label_distribution.png").stat().st_size > 10_000  # drawn with the training
 
 
 def test_resume_with_a_changed_training_setting_recomputes_everything_and_drops_what_left(tmp_path):

@@ -12,9 +12,11 @@ from flwr.app import ArrayRecord
 
 from fedunlearn.arrays import Weights, all_finite
 from fedunlearn.config import ConfigError, ExperimentConfig
+from fedunlearn.data import federated_data
 from fedunlearn.evaluation import Scorer
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.provenance import Piece, training_settings
+from fedunlearn.report.federation import draw_label_distribution
 from fedunlearn.results import RunDir, read_csv
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import RecordingFedAvg
@@ -34,6 +36,11 @@ def open_store(cfg: ExperimentConfig, run: RunDir, resume: bool) -> PseudoGradie
     if resume and (run.store / "store.json").exists():
         return PseudoGradientStore.load(run.store, budget)
     return PseudoGradientStore(run.store, cfg.store.history, budget, cfg.store.dtype)
+
+
+def label_distribution_title(cfg: ExperimentConfig) -> str:
+    return (f"Training samples per client and class ({cfg.data.name}, {cfg.data.num_clients} clients, "
+            f"partition {cfg.data.partition}, seed {cfg.seed})")
 
 
 def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, scorer: Scorer, resume: bool = False,
@@ -61,6 +68,8 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, scorer:
             piece.claim(str(out), log)
             weights, start, rows = scorer.initial_weights(), 0, []
     run.write_config(cfg)
+    draw_label_distribution(federated_data(cfg.data, cfg.seed), cfg.forgotten_clients(), run.label_distribution,
+                            label_distribution_title(cfg))
     store = open_store(cfg, run, resume and start > 0)
     t = cfg.train
     strategy = RecordingFedAvg.from_config(cfg, store, fed.node_of, range(cfg.data.num_clients))
