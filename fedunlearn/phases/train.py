@@ -68,8 +68,9 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, scorer:
             piece.claim(str(out), log)
             weights, start, rows = scorer.initial_weights(), 0, []
     run.write_config(cfg)
-    draw_label_distribution(federated_data(cfg.data, cfg.seed), cfg.forgotten_clients(), run.label_distribution,
-                            label_distribution_title(cfg))
+    if start == 0 or not run.label_distribution.exists():
+        draw_label_distribution(federated_data(cfg.data, cfg.seed), cfg.forgotten_clients(),
+                                run.label_distribution, label_distribution_title(cfg))
     store = open_store(cfg, run, resume and start > 0)
     t = cfg.train
     strategy = RecordingFedAvg.from_config(cfg, store, fed.node_of, range(cfg.data.num_clients))
