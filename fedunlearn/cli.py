@@ -48,6 +48,13 @@ def _out_dir(args: argparse.Namespace, default: Path, marker: str | None) -> Pat
     return out
 
 
+def check_resources(sim) -> None:
+    """Client resources against the machine or cluster, before any folder is made (imported lazily)."""
+    from fedunlearn.flower.runtime import check_resources as check
+
+    check(sim)
+
+
 def _remove_if_empty(folders: list[Path]) -> None:
     for folder in reversed(folders):
         try:
@@ -82,13 +89,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fedunlearn.flower.runtime import run_federation
     from fedunlearn.parts import load_experiment
     from fedunlearn.phases.train import train_phase
+    from fedunlearn.provenance import check_owned
 
     cfg = load_experiment(args.experiment, args.set)
-    out = _out_dir(args, Path("runs") / Path(args.experiment).stem, "checkpoint")
+    check_resources(cfg.simulation)
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.experiment).stem}-train"
+    check_owned(out)  # a training run never clears files it did not write
+    out = _out_dir(args, out, "checkpoint")
     print(f"training {cfg.data.num_clients} clients on {cfg.data.name} for {cfg.train.rounds} rounds -> {out}")
     scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forgotten_clients())
     result = run_federation(cfg.data.num_clients, cfg.simulation,
-                            lambda fed: train_phase(fed, cfg, out, scorer, resume=args.resume), out / "failures.log")
+                            lambda fed: train_phase(fed, cfg, out, scorer, resume=args.resume), out / "failures.log",
+                            resources_checked=True)
     print(f"final test accuracy {float(result.rows[-1]['test_acc']):.4f}; results in {out}")
     return 0
 
@@ -100,11 +112,12 @@ def cmd_forget(args: argparse.Namespace) -> int:
     from fedunlearn.report import markdown_table, read_summary
 
     job = prepare_forget(args.run_dir, args.client, args.strategy, args.recovery_rounds, args.set)
+    check_resources(job.cfg.simulation)
     out = _out_dir(args, Path(args.run_dir) / f"forget-{args.strategy}", "summary.csv")
     print(f"forgetting clients {job.cfg.forget[0].clients} with {args.strategy} "
           f"(+{job.cfg.forgetting.recovery_rounds} recovery rounds) -> {out}")
     rows = run_federation(job.cfg.data.num_clients, job.cfg.simulation, lambda fed: job.run(fed, out),
-                          out / "failures.log")
+                          out / "failures.log", resources_checked=True)
     write_summary(out, rows)
     print(markdown_table(read_summary(out)))
     return 0
@@ -118,11 +131,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_experiment(args.experiment, args.set)
     check_comparison(cfg, args.seeds)
+    check_resources(cfg.simulation)
     out = _out_dir(args, Path("runs") / Path(args.experiment).stem, "config.toml")
     print(f"comparing {', '.join(cfg.forgetting.strategies)} on {cfg.data.name}, forgetting "
           f"{[r.clients for r in cfg.forget_requests()]}, {args.seeds} seed(s) -> {out}")
     run_federation(cfg.data.num_clients, cfg.simulation, lambda fed: compare(fed, cfg, out, args.seeds),
-                   out / "failures.log")
+                   out / "failures.log", resources_checked=True)
     print(markdown_table(read_summary(out)))  # what `fedunlearn report OUT --markdown` prints
     _draw(out)
     return 0
@@ -162,8 +176,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from fedunlearn.phases.probe import prepare_probe, write_probes
 
     job = prepare_probe(args.run_dir, args.client, args.metric, args.mode, args.max_rounds, args.model or [])
+    check_resources(job.cfg.simulation)
     out = _out_dir(args, Path(args.run_dir), None)  # a probe's curves replace the last ones
-    results = run_federation(job.cfg.data.num_clients, job.cfg.simulation, job.run, out / "failures.log")
+    results = run_federation(job.cfg.data.num_clients, job.cfg.simulation, job.run, out / "failures.log",
+                             resources_checked=True)
     write_probes(out, results)
     for name, res in results[args.mode].items():
         print(f"{name}: delay {res.delay_text} {res.unit}{' (censored)' if res.censored else ''}, "
@@ -180,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("experiment", help="experiment TOML file (see experiments/)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, dotted for nested keys (e.g. train.rounds=10)")
-        p.add_argument("--out", help="results folder (default runs/<experiment name>)")
+        p.add_argument("--out", help="results folder (default runs/<experiment name>, -train for `train`)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
     data = sub.add_parser("data", help="show each client's samples and classes (table and figure) before training")

@@ -121,7 +121,8 @@ class SimulationConfig:
 
     ``num_cpus`` and ``num_gpus`` are what each client actor asks for; they are checked against the
     machine (or the cluster at ``ray_address``) before Ray starts. A client that fails in
-    ``max_failed_rounds`` rounds in a row stops the run (its tracebacks are in failures.log).
+    ``max_failed_rounds`` rounds in a row stops the run (its tracebacks are in failures.log); a
+    client that does not answer within ``round_timeout_s`` seconds counts as failed in that round.
     """
 
     num_cpus: float = 1.0
@@ -129,12 +130,15 @@ class SimulationConfig:
     ray_address: str = ""
     checkpoint_every: int = 1
     max_failed_rounds: int = 3
+    round_timeout_s: float = 3600.0
 
     def validate(self) -> None:
         require(self.num_cpus > 0, "num_cpus", f"must be > 0 (got {self.num_cpus})")
         require(self.num_gpus >= 0, "num_gpus", f"must be >= 0 (got {self.num_gpus})")
         require(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1 (got {self.checkpoint_every})")
         require(self.max_failed_rounds >= 1, "max_failed_rounds", f"must be >= 1 (got {self.max_failed_rounds})")
+        require(math.isfinite(self.round_timeout_s) and self.round_timeout_s > 0, "round_timeout_s",
+                f"must be a finite number of seconds > 0 (got {self.round_timeout_s})")
 
 
 @dataclass

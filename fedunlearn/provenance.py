@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedunlearn.config import ExperimentConfig, config_to_dict
 from fedunlearn.io import atomic_write_text
-from fedunlearn.settings import as_dict
+from fedunlearn.settings import ConfigError, as_dict
 
 if TYPE_CHECKING:
     from fedunlearn.strategies import StrategySpec
@@ -84,21 +84,20 @@ class Piece:
         return recorded is not None and fingerprint(recorded) == self.fingerprint
 
     def clear_if_stale(self, name: str, log=print) -> None:
-        """Remove the folder when it holds results computed with other settings (or with no record)."""
+        """Remove the folder when it holds results computed with other settings.
+
+        A folder with files but no record was not written as this piece (another command's
+        results, an older version's, or a user's files): it is never removed; ConfigError says so.
+        """
         if self.matches() or not self.path.exists() or not any(self.path.iterdir()):
             return
-        recorded = self.recorded()
-        why = (f"computed with other settings ({changes(recorded, self.settings)})" if recorded is not None
-               else "no record of the settings it was computed with")
-        log(f"{name}: {why}; recomputing it")
+        check_owned(self.path)
+        recorded = self.recorded() or {}
+        log(f"{name}: computed with other settings ({changes(recorded, self.settings)}); recomputing it")
         shutil.rmtree(self.path)
 
     def claim(self, name: str, log=print) -> bool:
-        """Keep the folder if it matches (True); else clear it, say why, and record these settings (False).
-
-        A folder without a record but with files in it was written by an older version or by
-        hand: it is cleared too, since nothing says what it was computed with.
-        """
+        """Keep the folder if it matches (True); else clear it, say why, and record these settings (False)."""
         if self.matches():
             return True
         self.clear_if_stale(name, log)
@@ -113,12 +112,21 @@ def _used(section: dict[str, Any], parts: list[str]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if not isinstance(v, dict) or k in parts or k == "backdoor"}
 
 
+def check_owned(path: Path) -> None:
+    """ConfigError unless ``path`` is missing, empty, or a piece's folder (it has a settings record)."""
+    if path.is_dir() and any(path.iterdir()) and not (path / SETTINGS_FILE).is_file():
+        raise ConfigError(f"--out: {path} holds files with no record of the settings they were computed with "
+                          f"({SETTINGS_FILE}), so they are not this command's results; move them away or choose "
+                          "another --out")
+
+
 def training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     """What a training run's checkpoints, store and rounds.csv depend on.
 
-    The forget requests are in: their rounds decide which snapshots are kept and their clients
-    which forget accuracy rounds.csv reports. ``train.rounds`` is out, so training can be
-    extended by resuming with more rounds (round t never depends on how many follow).
+    The forget requests are in, as written (``round = 0`` stays "the last round"): their rounds
+    decide which snapshots are kept and their clients which forget accuracy rounds.csv reports.
+    ``train.rounds`` is out, so training can be extended by resuming with more rounds (round t
+    never depends on how many follow); what depends on the final model adds it back.
     ``simulation`` is out too: it changes where and how fast, not what.
     """
     raw = config_to_dict(cfg)
@@ -126,7 +134,7 @@ def training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"seed": cfg.seed, "data": _used(raw["data"], [cfg.data.name, cfg.data.partition]),
             "model": _used(raw["model"], [cfg.model.name]), "train": train,
             "store": {"history": cfg.store.history, "dtype": cfg.store.dtype},
-            "forget": [dataclasses.asdict(r) for r in cfg.forget_requests()]}
+            "forget": [dataclasses.asdict(r) for r in cfg.forget]}
 
 
 def strategy_settings(cfg: ExperimentConfig, spec: StrategySpec, training: str, reference: str) -> dict[str, Any]:
@@ -145,7 +153,17 @@ def strategy_settings(cfg: ExperimentConfig, spec: StrategySpec, training: str, 
     return out
 
 
-def probe_settings(cfg: ExperimentConfig, mode: str, model: str, training: str) -> dict[str, Any]:
-    """What one model's probe in ``mode`` depends on: the model, the original (its threshold), the probe."""
-    probe = {k: v for k, v in config_to_dict(cfg.probe).items() if k not in ("enabled", "modes")}
-    return {"mode": mode, "model": model, "original": training, "probe": probe}
+PROBE_KEYS = {"all": ("max_rounds",), "alone": ("alone_lr", "alone_max_steps")}  # beside metric and alpha
+
+
+def original_model(training: str, cfg: ExperimentConfig) -> str:
+    """The fingerprint of the original model: the training run at ``train.rounds``."""
+    return fingerprint({"training": training, "rounds": cfg.train.rounds})
+
+
+def probe_settings(cfg: ExperimentConfig, mode: str, model: str, original: str) -> dict[str, Any]:
+    """What one model's probe in ``mode`` depends on: the model, the original (its threshold), the
+    probe settings that mode reads, and the training recipe (inside the original's fingerprint)."""
+    probe = {"metric": cfg.probe_metric(), "alpha": cfg.probe.alpha,
+             **{k: getattr(cfg.probe, k) for k in PROBE_KEYS[mode]}}
+    return {"mode": mode, "model": model, "original": original, "probe": probe}

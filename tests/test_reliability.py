@@ -23,6 +23,7 @@ from fedunlearn.flower.runtime import ClientFailureError, check_resources
 from fedunlearn.parts import load_experiment
 from fedunlearn.phases.compare import compare
 from fedunlearn.phases.train import train_phase
+from fedunlearn.provenance import original_model
 from fedunlearn.results import RunDir, read_csv
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import TooFewClientsError
@@ -193,19 +194,19 @@ def test_a_client_failing_every_round_is_logged_then_stops_the_run(tmp_path):
     assert [r["failures"] for r in rows] == ["1", "1"]  # rounds 1-2 done with 3 clients; round 3 stopped
 
 
-def test_a_client_failing_once_is_counted_and_the_streak_resets(tmp_path):
-    cfg = tiny("train.min_train_clients=3")
+def test_a_client_failing_now_and_then_is_counted_and_its_streak_resets(tmp_path):
+    cfg = tiny("train.min_train_clients=3", "train.rounds=4")
     lines: list[str] = []
 
-    def fail_in_round_2(pid, msg):
-        if pid == 2 and int(msg.content["config"]["server-round"]) == 2:
+    def fail_in_rounds_1_and_3(pid, msg):
+        if pid == 2 and int(msg.content["config"]["server-round"]) in (1, 3):
             msg.content["config"]["local-epochs"] = "not-a-number"
 
-    fed = local_federation(4, fail_in_round_2, max_failed_rounds=1 + 1, log=lines.append)
+    fed = local_federation(4, fail_in_rounds_1_and_3, max_failed_rounds=2, log=lines.append)
     scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), [1])
-    result = train_phase(fed, cfg, tmp_path / "t", scorer, log=lambda *_: None)
-    assert [r["failures"] for r in result.rows] == [0, 1, 0] and [r["clients"] for r in result.rows] == [4, 3, 4]
-    assert len(lines) == 1 and "training round 2: 1 of 4 clients failed (client 2: " in lines[0]
+    result = train_phase(fed, cfg, tmp_path / "t", scorer, log=lambda *_: None)  # two failures, never in a row
+    assert [r["failures"] for r in result.rows] == [1, 0, 1, 0] and [r["clients"] for r in result.rows] == [3, 4, 3, 4]
+    assert len(lines) == 2 and "training round 3: 1 of 4 clients failed (client 2: " in lines[1]
 
 
 def test_every_client_required_stops_at_the_first_failure_with_one_line(tmp_path):
@@ -260,5 +261,30 @@ def test_resume_with_a_changed_training_setting_recomputes_everything_and_drops_
     assert record["train"]["settings"]["train"]["lr"] == 0.02
     train_fp = record["train"]["fingerprint"]
     assert record["strategies/retrain"]["settings"]["training"] == record["strategies/puf"]["settings"]["training"] \
-        == record["probe/all/puf"]["settings"]["original"] == record["probe/all/original"]["settings"]["model"] \
         == train_fp
+    assert record["probe/all/puf"]["settings"]["original"] == record["probe/all/original"]["settings"]["model"] \
+        == original_model(train_fp, tiny("train.lr=0.02"))
+
+
+def test_train_never_clears_a_folder_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "precious.txt").write_text("a user's file")
+    code = main(["train", str(DEFAULT), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "holds files with no record of the settings" in err[0]
+    assert [p.name for p in out.iterdir()] == ["precious.txt"]
+    cfg = tiny("forget=[]", "data.backdoor.clients=[]", "probe.metric=auto")
+    with pytest.raises(ConfigError, match="no record of the settings"):  # the phase refuses it too
+        train_phase(local_federation(4), cfg, out, Scorer(cfg, federated_data(cfg.data, cfg.seed), []))
+
+
+def test_more_training_rounds_resume_training_and_recompute_what_uses_the_final_model(tmp_path):
+    out, logs = tmp_path / "cmp", []
+    fed = local_federation(4, log=lambda *_: None)
+    compare(fed, tiny(), out, log=lambda *_: None)
+    compare(fed, tiny("train.rounds=4"), out, log=logs.append)
+    assert any("resuming" in m and "after round 3" in m for m in logs)  # training goes on, not again
+    assert any("probe/all/original: computed with other settings" in m for m in logs)
+    assert any("strategies/puf: computed with other settings (" in m and "rounds 3 -> 4" in m for m in logs)
+    assert [r["round"] for r in read_csv(out / "seed-0" / "train" / "rounds.csv")] == ["1", "2", "3", "4"]

@@ -33,7 +33,6 @@ from flwr.serverapp.strategy import Strategy
 
 from fedunlearn.config import SimulationConfig
 from fedunlearn.flower import compat
-from fedunlearn.io import atomic_write_text
 from fedunlearn.settings import ConfigError
 
 T = TypeVar("T")
@@ -47,9 +46,10 @@ QUIET_ENV = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "RAY_BACKEND_LOG_LEVEL": "fatal",  # Ray's C++ core would print its own lines beside fedunlearn's message
 }
 
-JOIN_TIMEOUT_S = 20.0  # how long joining a Ray cluster may take before its address is refused
+JOIN_TIMEOUT_S = 10.0  # how long joining a Ray cluster may take before its address is refused
 
 
 class FederationError(RuntimeError):
@@ -70,7 +70,7 @@ def error_summary(reason: str) -> str:
 class FailureWatch:
     """Counts failing clients round by round, across every phase run on one federation.
 
-    Each failure's whole reason (the client's traceback) goes to ``failure_log``; the console gets
+    Each failure's whole reason (the client's traceback) is appended to ``failure_log``; the console gets
     one line per round with failures. A client that fails in ``max_failed_rounds`` rounds in a
     row (rounds it was asked to train in) stops the run with :class:`ClientFailureError`.
     """
@@ -80,7 +80,6 @@ class FailureWatch:
         self.partition_of, self.max_failed_rounds = partition_of, max_failed_rounds
         self.failure_log, self.log = failure_log, log
         self.streak: dict[int, int] = {}
-        self.entries: list[str] = []
 
     def check(self, stage: str, server_round: int, messages: list[Message], replies: list[Message],
               timeout: float) -> None:
@@ -96,9 +95,10 @@ class FailureWatch:
         if not failed:
             return
         where = f"{stage} round {server_round}"
-        self.entries += [f"=== {where}, client {pid}\n{reason.rstrip()}\n" for pid, reason in sorted(failed.items())]
-        if self.failure_log is not None:
-            atomic_write_text(self.failure_log, "\n".join(self.entries))
+        if self.failure_log is not None:  # appended: earlier sessions' tracebacks (before a resume) stay
+            self.failure_log.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.failure_log, "a") as fh:
+                fh.writelines(f"=== {where}, client {pid}\n{reason.rstrip()}\n\n" for pid, reason in sorted(failed.items()))
         first = min(failed)
         self.log(f"  {where}: {len(failed)} of {len(sampled)} clients failed (client {first}: "
                  f"{error_summary(failed[first])}){self._see()}")
@@ -189,12 +189,16 @@ def _share_python_path() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *paths])
 
 
+def machine_cpus() -> int:
+    """CPUs this process may use (what the private local Ray cluster is given)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def machine_resources() -> dict[str, float]:
     """CPUs this process may use and GPUs torch can see on this machine."""
     import torch
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())}
+    return {"CPU": float(machine_cpus()), "GPU": float(torch.cuda.device_count())}
 
 
 def _ray_endpoint(address: str) -> tuple[str, int] | None:
@@ -265,19 +269,20 @@ def backend_config(sim: SimulationConfig) -> dict:
                        "configure_logging": True}
     init_args["address"] = sim.ray_address or "local"  # "local" avoids joining a stale cluster
     if not sim.ray_address:
-        init_args["num_cpus"] = os.cpu_count() or 1
+        init_args["num_cpus"] = machine_cpus()
     return {"client_resources": {"num_cpus": sim.num_cpus, "num_gpus": sim.num_gpus}, "init_args": init_args}
 
 
 def run_federation(num_clients: int, sim: SimulationConfig, job: Callable[[Federation], T],
-                   failure_log: Path | None = None) -> T:
+                   failure_log: Path | None = None, resources_checked: bool = False) -> T:
     """Start a simulation of ``num_clients`` clients, run ``job`` in its ServerApp, return its result.
 
-    The resources are checked first (:func:`check_resources`). An exception raised by ``job`` is
-    re-raised here after the simulation has shut down. Failing clients' tracebacks go to
-    ``failure_log``.
+    The resources are checked first (:func:`check_resources`, unless the caller already did). An
+    exception raised by ``job`` is re-raised here after the simulation has shut down. Failing
+    clients' tracebacks go to ``failure_log``.
     """
-    check_resources(sim)
+    if not resources_checked:
+        check_resources(sim)
     quiet_environment()
     compat.fast_node_polling()
     _share_python_path()
@@ -290,8 +295,8 @@ def run_federation(num_clients: int, sim: SimulationConfig, job: Callable[[Feder
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        outcome["result"] = job(Federation(grid, num_clients, max_failed_rounds=sim.max_failed_rounds,
-                                           failure_log=failure_log))
+        outcome["result"] = job(Federation(grid, num_clients, timeout=sim.round_timeout_s,
+                                           max_failed_rounds=sim.max_failed_rounds, failure_log=failure_log))
 
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
                    backend_name="ray", backend_config=backend_config(sim))

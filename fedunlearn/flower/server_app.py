@@ -35,7 +35,8 @@ def main(grid: Grid, context: Context) -> None:
     quiet_environment()
     cfg = load_experiment(_resolve(str(context.run_config["experiment"])))
     out = Path(str(context.run_config["out"])).expanduser()
-    fed = Federation(grid, cfg.data.num_clients, max_failed_rounds=cfg.simulation.max_failed_rounds,
+    fed = Federation(grid, cfg.data.num_clients, timeout=cfg.simulation.round_timeout_s,
+                     max_failed_rounds=cfg.simulation.max_failed_rounds,
                      failure_log=out / "failures.log")
     if cfg.forget:
         compare(fed, cfg, out)

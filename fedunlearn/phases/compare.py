@@ -36,7 +36,13 @@ from fedunlearn.parts import check_parts
 from fedunlearn.phases.forget import load_snapshot, run_strategy
 from fedunlearn.phases.probe import ProbeCache, metric_value, probe_models, write_probes
 from fedunlearn.phases.train import train_phase
-from fedunlearn.provenance import Piece, probe_settings, strategy_settings, training_settings
+from fedunlearn.provenance import (
+    Piece,
+    original_model,
+    probe_settings,
+    strategy_settings,
+    training_settings,
+)
 from fedunlearn.results import RunDir, csv_text
 from fedunlearn.strategies import StrategySpec
 
@@ -150,9 +156,9 @@ class SeedPieces:
         for spec in specs[1:]:
             strategies[spec.label] = Piece(seed_dir / "strategies" / spec.label,
                                            strategy_settings(cfg, spec, train.fingerprint, reference.fingerprint))
-        models = {"original": train.fingerprint, **{k: p.fingerprint for k, p in strategies.items()}}
-        probes = {(mode, name): Piece(seed_dir / "probe" / mode / name,
-                                      probe_settings(cfg, mode, fp, train.fingerprint))
+        original = original_model(train.fingerprint, cfg)
+        models = {"original": original, **{k: p.fingerprint for k, p in strategies.items()}}
+        probes = {(mode, name): Piece(seed_dir / "probe" / mode / name, probe_settings(cfg, mode, fp, original))
                   for mode in (cfg.probe.modes if cfg.probe.enabled else []) for name, fp in models.items()}
         return cls(train, strategies, probes)
 
@@ -180,7 +186,6 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpe
     """
     seed_dir = out / f"seed-{cfg.seed}"
     pieces = SeedPieces.of(cfg, specs, seed_dir)
-    pieces.clear_stale(seed_dir, log)
     scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forgotten_clients())
     log(f"[seed {cfg.seed}] training {cfg.train.rounds} rounds")
     trained = train_phase(fed, cfg, pieces.train.path, scorer, resume=True, log=log)
@@ -237,6 +242,10 @@ def compare(fed: Federation, cfg: ExperimentConfig, out: str | Path, seeds: int 
     """
     specs = check_comparison(cfg, seeds)
     out = Path(out)
+    seed_range = range(cfg.seed, cfg.seed + seeds)
+    present = {int(d.name[5:]) for d in out.glob("seed-*") if d.name[5:].isdigit()}
+    for s in sorted(present | set(seed_range)):  # before any work, so no seed keeps stale results
+        SeedPieces.of(dataclasses.replace(cfg, seed=s), specs, out / f"seed-{s}").clear_stale(out / f"seed-{s}", log)
     run = RunDir(out)
     if run.config.exists() and run.config.read_text() != to_toml(config_to_dict(cfg)):
         for derived in ("summary.csv", "summary.json", "report.md"):  # rewritten as the pieces complete
@@ -244,6 +253,6 @@ def compare(fed: Federation, cfg: ExperimentConfig, out: str | Path, seeds: int 
         shutil.rmtree(out / "plots", ignore_errors=True)
     run.write_config(cfg)
     rows: list[dict] = []
-    for s in range(cfg.seed, cfg.seed + seeds):
+    for s in seed_range:
         compare_seed(fed, dataclasses.replace(cfg, seed=s), specs, out, rows, log)
     return with_gaps(rows)

@@ -91,9 +91,9 @@ class ProbeCache:
             return None
         return ProbeResult(**json.loads((piece.path / "result.json").read_text()))
 
-    def put(self, mode: str, name: str, result: ProbeResult) -> None:
+    def put(self, mode: str, name: str, result: ProbeResult, log=print) -> None:
         piece = self.pieces[mode, name]
-        piece.claim(str(piece.path))
+        piece.claim(str(piece.path), log)
         atomic_write_text(piece.path / "result.json", json.dumps(dataclasses.asdict(result)))
 
 
@@ -115,7 +115,7 @@ def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, origina
             res = probe_all(fed, cfg, scorer, weights, tau) if mode == "all" else probe_alone(cfg, scorer, weights, tau)
             results[mode][name] = res
             if cache:
-                cache.put(mode, name, res)
+                cache.put(mode, name, res, log)
             log(f"  probe [{mode}] {name}: {metric} {res.curve[0]:.3f} -> {res.curve[-1]:.3f}, "
                 f"delay {res.delay_text} {res.unit} (threshold {tau:.3f})")
     return results
