@@ -66,12 +66,12 @@ def _remove_if_empty(folders: list[Path]) -> None:
 def cmd_data(args: argparse.Namespace) -> int:
     """Print each client's samples and classes, and draw them, before anything is trained."""
     from fedunlearn.data import federated_data
-    from fedunlearn.parts import load_experiment
+    from fedunlearn.parts import for_seed, load_experiment
     from fedunlearn.phases.train import label_distribution_title
     from fedunlearn.report.federation import client_rows, client_table, draw_label_distribution
 
     overrides = [*args.set, *([f"seed={args.seed}"] if args.seed is not None else [])]
-    cfg = load_experiment(args.experiment, overrides)
+    cfg = for_seed(load_experiment(args.experiment, overrides))
     out = _out_dir(args, Path("runs") / Path(args.experiment).stem, None)
     data = federated_data(cfg.data, cfg.seed)
     print(f"{cfg.data.name}: {cfg.data.num_clients} clients, partition {cfg.data.partition}, seed {cfg.seed}; "
@@ -87,11 +87,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fedunlearn.data import federated_data
     from fedunlearn.evaluation import Scorer
     from fedunlearn.flower.runtime import run_federation
-    from fedunlearn.parts import load_experiment
+    from fedunlearn.parts import for_seed, load_experiment
     from fedunlearn.phases.train import train_phase
     from fedunlearn.provenance import check_owned
 
-    cfg = load_experiment(args.experiment, args.set)
+    cfg = for_seed(load_experiment(args.experiment, args.set))
     check_resources(cfg.simulation)
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.experiment).stem}-train"
     check_owned(out)  # a training run never clears files it did not write

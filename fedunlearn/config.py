@@ -22,6 +22,9 @@ __all__ = ["ConfigError", "ExperimentConfig", "ForgetRequest", "load_config", "c
            "apply_overrides", "to_toml"]
 
 
+CLIENT_RULES = ("largest", "median", "random")  # a client named by a rule, resolved per seed
+
+
 @dataclass
 class BackdoorConfig:
     """Trigger-patch poisoning of chosen clients' train data.
@@ -30,9 +33,11 @@ class BackdoorConfig:
     its bottom-right corner and the label ``target_label``. Only samples whose true label differs
     from the target are poisoned, so every poisoned label really changes. ``patch_size = 0``
     relabels without a trigger: mislabelled data, forgotten and measured by forget accuracy.
+    ``clients`` holds ids, rules (``"largest"``, ``"median"``, ``"random"``, resolved per seed on
+    the partition) or ``"forgotten"``: the clients the forget requests name, written once there.
     """
 
-    clients: list[int] = field(default_factory=list)
+    clients: list[int | str] = field(default_factory=list)
     target_label: int = 0
     fraction: float = 0.5
     patch_size: int = 2
@@ -61,7 +66,12 @@ class DataConfig:
     def validate(self) -> None:
         require(self.num_clients >= 2, "num_clients", f"must be >= 2 (got {self.num_clients})")
         for c in self.backdoor.clients:
-            require(0 <= c < self.num_clients, "backdoor.clients", f"client id {c} is not in 0..{self.num_clients - 1}")
+            if isinstance(c, str):
+                require(c in (*CLIENT_RULES, "forgotten"), "backdoor.clients",
+                        f"{c!r} is neither a client id nor one of {', '.join((*CLIENT_RULES, 'forgotten'))}")
+            else:
+                require(0 <= c < self.num_clients, "backdoor.clients",
+                        f"client id {c} is not in 0..{self.num_clients - 1}")
 
 
 @dataclass
@@ -148,10 +158,12 @@ class ForgetRequest:
     ``round = 0`` means after the last training round (``train.rounds``). Requests at earlier
     rounds form a sequence: each strategy unlearns at the first request's round, recovers, goes on
     with regular rounds over the remaining clients up to the next request, and so on until
-    ``train.rounds`` regular rounds have run in all.
+    ``train.rounds`` regular rounds have run in all. A client may be named by a rule
+    (``"largest"``, ``"median"``, ``"random"``), resolved per seed on that seed's partition
+    (:func:`fedunlearn.parts.for_seed`) and recorded in the seed's results.
     """
 
-    clients: list[int] = field(default_factory=list)
+    clients: list[int | str] = field(default_factory=list)
     round: int = 0
 
 
@@ -269,7 +281,9 @@ class ExperimentConfig:
         return sorted(resolved, key=lambda r: r.round)
 
     def forgotten_clients(self) -> list[int]:
-        """Every client some request forgets, sorted: the forget set of every metric."""
+        """Every client some request forgets, sorted: the forget set of every metric (rules resolved first)."""
+        if any(isinstance(c, str) for r in self.forget for c in r.clients):
+            raise ValueError("forget requests name clients by rule; resolve them with fedunlearn.parts.for_seed")
         return sorted(c for r in self.forget for c in r.clients)
 
 
@@ -280,9 +294,15 @@ def validate_requests(requests: list[ForgetRequest], num_clients: int, last_roun
         clients = f"{where}[{i}].clients" if len(requests) > 1 or where == "forget" else where
         if not r.clients:
             raise ConfigError(f"{clients}: empty; name at least one client id")
-        if len(set(r.clients)) != len(r.clients):
+        ids = [c for c in r.clients if not isinstance(c, str)]
+        if len(set(ids)) != len(ids):
             raise ConfigError(f"{clients}: a client is named twice in {r.clients}; name each client once")
         for c in r.clients:
+            if isinstance(c, str):
+                if c not in CLIENT_RULES:
+                    raise ConfigError(f"{clients}: {c!r} is neither a client id nor a rule; use an id or one of "
+                                      f"{', '.join(CLIENT_RULES)}")
+                continue
             if not 0 <= c < num_clients:
                 raise ConfigError(f"{clients}: unknown client id {c}; the federation has clients "
                                   f"0..{num_clients - 1}")

@@ -11,11 +11,18 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from fedunlearn.config import ExperimentConfig, load_config
-from fedunlearn.data import data_parts, federated_data
+import numpy as np
+
+from fedunlearn.config import (
+    ExperimentConfig,
+    ForgetRequest,
+    load_config,
+    validate_requests,
+)
+from fedunlearn.data import data_parts, federated_data, partition
 from fedunlearn.models import model_part
 from fedunlearn.registry import Part
-from fedunlearn.settings import as_dict
+from fedunlearn.settings import ConfigError, as_dict
 from fedunlearn.strategies import StrategySpec, resolve_strategies
 
 
@@ -50,11 +57,62 @@ def resolved(cfg: ExperimentConfig) -> ExperimentConfig:
         forgetting=dataclasses.replace(f, settings=_filled(f.settings, strategy_parts, "forgetting.")))
 
 
+def pick(rule: str, sizes: list[int], taken: set[int], seed: int) -> int:
+    """The client a rule names among those not ``taken``: by training-set size, or seeded at random.
+
+    ``largest`` (ties: the lowest id), ``median`` (the middle of the clients sorted by size, then
+    id; the lower middle for an even count), ``random`` (drawn with a Generator seeded by seed).
+    """
+    free = sorted((c for c in range(len(sizes)) if c not in taken), key=lambda c: (sizes[c], c))
+    if not free:
+        raise ConfigError(f"forget: no client is left for the rule {rule!r}")
+    if rule == "largest":
+        return max(free, key=lambda c: (sizes[c], -c))
+    if rule == "median":
+        return free[(len(free) - 1) // 2]
+    return int(np.random.default_rng([seed, len(taken)]).choice(free))
+
+
+def for_seed(cfg: ExperimentConfig, seed: int | None = None) -> ExperimentConfig:
+    """The experiment at ``seed`` with every client rule resolved to an id on that seed's partition.
+
+    Forget requests are resolved in order, each rule among the clients not yet named; the
+    backdoor's ``"forgotten"`` becomes the forgotten clients. Without rules the experiment is
+    returned as it is (with ``seed`` set).
+    """
+    cfg = dataclasses.replace(cfg, seed=cfg.seed if seed is None else seed)
+    named = [c for r in cfg.forget for c in r.clients] + list(cfg.data.backdoor.clients)
+    if not any(isinstance(c, str) for c in named):
+        return cfg
+    _, parts = partition(cfg.data, cfg.seed)
+    sizes = [len(p) for p in parts]
+    taken = {c for c in named if not isinstance(c, str)}
+    forget = []
+    for r in cfg.forget:
+        clients = []
+        for c in r.clients:
+            if isinstance(c, str):
+                c = pick(c, sizes, taken, cfg.seed)
+                taken.add(c)
+            clients.append(c)
+        forget.append(ForgetRequest(clients, r.round))
+    forgotten = sorted(c for r in forget for c in r.clients)
+    backdoor: list[int] = []
+    for c in cfg.data.backdoor.clients:
+        extra = forgotten if c == "forgotten" else [pick(c, sizes, set(backdoor) | set(forgotten), cfg.seed)] \
+            if isinstance(c, str) else [c]
+        backdoor += [x for x in extra if x not in backdoor]
+    data = dataclasses.replace(cfg.data, backdoor=dataclasses.replace(cfg.data.backdoor, clients=backdoor))
+    cfg = dataclasses.replace(cfg, forget=forget, data=data)
+    validate_requests(cfg.forget_requests(), cfg.data.num_clients, cfg.train.rounds, "forget")
+    return cfg
+
+
 def load_experiment(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load an experiment, check its parts and build its data (missing files fail here, before any write).
 
-    Returns the :func:`resolved` experiment.
+    Returns the :func:`resolved` experiment; client rules stay rules (:func:`for_seed` resolves them).
     """
     cfg = resolved(load_config(path, overrides))
-    federated_data(cfg.data, cfg.seed)
+    federated_data(for_seed(cfg).data, cfg.seed)
     return cfg

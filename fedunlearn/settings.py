@@ -10,6 +10,7 @@ dotted path, so the user sees one line naming the field and the fix.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, fields
 from typing import Any
@@ -57,6 +58,14 @@ def coerce(path: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if annotation is Any:
         return value
+    if origin in (typing.Union, types.UnionType):  # the first member that takes the value
+        for member in typing.get_args(annotation):
+            try:
+                return coerce(path, value, member)
+            except ConfigError:
+                continue
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(annotation))
+        raise ConfigError(f"{path}: expected {names}, got {value!r} ({type(value).__name__})")
     if annotation is bool:
         if isinstance(value, bool):
             return value

@@ -75,20 +75,41 @@ def data_parts(cfg: DataConfig) -> tuple[Part, Part]:
     return source, splitter
 
 
-def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
-    """Load the data set, partition it with a Generator seeded by ``seed``, poison backdoor clients."""
+def partition(cfg: DataConfig, seed: int) -> tuple[Dataset, list[np.ndarray]]:
+    """The data set and each client's train indices (a Generator seeded by ``seed``); none may be empty."""
     source, splitter = data_parts(cfg)
-    ds = source.obj(source.build_settings(cfg.settings, "data."), seed)
-    b = cfg.backdoor
-    if b.clients and b.target_label >= ds.num_classes:
-        raise ConfigError(f"data.backdoor.target_label: {b.target_label} is not a class of {cfg.name} "
-                          f"(0..{ds.num_classes - 1})")
+    ds = _load(source, cfg, seed)
     rng = np.random.default_rng(seed)
     parts = splitter.obj(ds.y_train, cfg.num_clients, splitter.build_settings(cfg.settings, "data."), rng)
     empty = [i for i, idx in enumerate(parts) if len(idx) == 0]
     if empty:
         raise ConfigError(f"data.num_clients: client {empty[0]} gets no training sample ({len(empty)} such clients of "
                           f"{cfg.num_clients}, {len(ds.y_train)} samples); lower num_clients or change the partitioner")
+    return ds, parts
+
+
+def _load(source: Part, cfg: DataConfig, seed: int) -> Dataset:
+    return _loaded(json.dumps({"name": cfg.name, "settings": cfg.settings.get(source.name, {}), "seed": seed},
+                              sort_keys=True))
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded(key: str) -> Dataset:
+    """A data set loaded once per process and key (resolving client rules and building data share it)."""
+    raw = json.loads(key)
+    source = DATASETS.get(raw["name"])
+    return source.obj(source.build_settings({source.name: raw["settings"]}, "data."), raw["seed"])
+
+
+def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
+    """Load the data set, partition it with a Generator seeded by ``seed``, poison backdoor clients."""
+    b = cfg.backdoor
+    if any(isinstance(c, str) for c in b.clients):
+        raise ConfigError("data.backdoor.clients: rules must be resolved per seed first (fedunlearn.parts.for_seed)")
+    ds, parts = partition(cfg, seed)
+    if b.clients and b.target_label >= ds.num_classes:
+        raise ConfigError(f"data.backdoor.target_label: {b.target_label} is not a class of {cfg.name} "
+                          f"(0..{ds.num_classes - 1})")
     clients = []
     for i, idx in enumerate(parts):
         x, y, poisoned = ds.x_train[idx], ds.y_train[idx], np.zeros(0, dtype=np.int64)

@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedunlearn.data import federated_data
 from fedunlearn.evaluation import Scorer
 from fedunlearn.flower.runtime import Federation, quiet_environment
-from fedunlearn.parts import load_experiment
+from fedunlearn.parts import for_seed, load_experiment
 from fedunlearn.phases.compare import compare
 from fedunlearn.phases.train import train_phase
 from fedunlearn.report import draw_all, write_report
@@ -42,5 +42,6 @@ def main(grid: Grid, context: Context) -> None:
         compare(fed, cfg, out)
         write_report(out, draw_all(out))
     else:
+        cfg = for_seed(cfg)
         scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forgotten_clients())
         train_phase(fed, cfg, out, scorer)

@@ -18,7 +18,6 @@ reused, otherwise it is recomputed, so the folder's config.toml describes every 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -32,7 +31,7 @@ from fedunlearn.evaluation.metrics import METRICS, ModelView, evaluate_all
 from fedunlearn.evaluation.probe import ProbeResult, delay_ratio, reaches, threshold
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
-from fedunlearn.parts import check_parts
+from fedunlearn.parts import check_parts, for_seed
 from fedunlearn.phases.forget import load_snapshot, run_strategy
 from fedunlearn.phases.probe import ProbeCache, metric_value, probe_models, write_probes
 from fedunlearn.phases.train import train_phase
@@ -47,7 +46,7 @@ from fedunlearn.results import RunDir, csv_text
 from fedunlearn.strategies import StrategySpec
 
 METRIC_COLUMNS = list(METRICS)
-SUMMARY_COLUMNS = ["strategy", "spec", "seed", "from_scratch", *METRIC_COLUMNS, "recovery_rounds", "recovery_censored",
+SUMMARY_COLUMNS = ["strategy", "spec", "seed", "forgotten", "from_scratch", *METRIC_COLUMNS, "recovery_rounds", "recovery_censored",
                    "relearn_delay", "relearn_censored", "relearn_ratio_to_retrain", "relearn_auc", "relearn_unit",
                    "rounds", "client_epochs", "bytes_exchanged", "wall_s", "notes"]
 
@@ -178,7 +177,7 @@ class SeedPieces:
 
 def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpec], out: Path, rows: list[dict],
                  log=print) -> None:
-    """Train (or resume) seed ``cfg.seed``, run every strategy, score and probe every model.
+    """Train (or resume) seed ``cfg.seed`` (client rules resolved), run every strategy, score and probe every model.
 
     Rows go into ``rows`` and the summary is rewritten after each strategy, so a failure loses
     nothing already done. The forget set and the scorer are built once here. A piece whose
@@ -222,7 +221,8 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpe
         write_probes(seed_dir, results)
         for r in seed_rows:
             r.update(probe_columns(results, r["strategy"], reference.label))
-    rows += seed_rows
+    forgotten = " ".join(str(c) for c in cfg.forgotten_clients())  # rules resolved on this seed's partition
+    rows += [{**r, "forgotten": forgotten} for r in seed_rows]
     write_summary(out, rows)
 
 
@@ -245,7 +245,7 @@ def compare(fed: Federation, cfg: ExperimentConfig, out: str | Path, seeds: int 
     seed_range = range(cfg.seed, cfg.seed + seeds)
     present = {int(d.name[5:]) for d in out.glob("seed-*") if d.name[5:].isdigit()}
     for s in sorted(present | set(seed_range)):  # before any work, so no seed keeps stale results
-        SeedPieces.of(dataclasses.replace(cfg, seed=s), specs, out / f"seed-{s}").clear_stale(out / f"seed-{s}", log)
+        SeedPieces.of(for_seed(cfg, s), specs, out / f"seed-{s}").clear_stale(out / f"seed-{s}", log)
     run = RunDir(out)
     if run.config.exists() and run.config.read_text() != to_toml(config_to_dict(cfg)):
         for derived in ("summary.csv", "summary.json", "report.md"):  # rewritten as the pieces complete
@@ -254,5 +254,5 @@ def compare(fed: Federation, cfg: ExperimentConfig, out: str | Path, seeds: int 
     run.write_config(cfg)
     rows: list[dict] = []
     for s in seed_range:
-        compare_seed(fed, dataclasses.replace(cfg, seed=s), specs, out, rows, log)
+        compare_seed(fed, for_seed(cfg, s), specs, out, rows, log)
     return with_gaps(rows)
