@@ -6,7 +6,7 @@
     fedunlearn run EXPERIMENT.toml [--seeds N] [--set key=value ...] [--out DIR] [--resume]
     fedunlearn probe RUN_DIR --client 3 [--metric backdoor] [--mode all|alone] [--max-rounds R] [--model DIR]
     fedunlearn plot DIR
-    fedunlearn report DIR --markdown [--columns a,b,c]
+    fedunlearn report DIR [--markdown] [--html] [--columns a,b,c]
 
 Bad input (config, client ids, data root, run folder, a step size that makes weights NaN) prints
 one line naming the field and the fix and exits with code 2; nothing is half-written.
@@ -166,7 +166,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     unknown = [c for c in columns or [] if c not in rows[0]]
     if unknown:
         raise ConfigError(f"--columns: {unknown[0]!r} is not a column of summary.csv; choose from {list(rows[0])}")
-    print(markdown_table(rows, columns))
+    if args.html:
+        from fedunlearn.report import draw_all
+        from fedunlearn.report.html import write_html
+
+        run_dir = Path(args.run_dir)
+        plots = sorted((run_dir / "plots").glob("*.png")) or draw_all(run_dir)
+        print(f"report: {write_html(run_dir, plots)}")
+    if args.markdown or not args.html:
+        print(markdown_table(rows, columns))
     return 0
 
 
@@ -236,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="print a results folder's summary as a Markdown table")
     report.add_argument("run_dir", help="a folder written by `fedunlearn run` or `fedunlearn forget`")
-    report.add_argument("--markdown", action="store_true", help="Markdown table (the only format so far)")
+    report.add_argument("--markdown", action="store_true", help="print the summary as a Markdown table (the default)")
+    report.add_argument("--html", action="store_true", help="write DIR/report.html: one self-contained page, tables "
+                                                            "sortable, plots embedded")
     report.add_argument("--columns", help="comma-separated summary.csv columns (default: the table's; "
                                           "e.g. test_acc,backdoor_asr,gap_backdoor_asr,relearn_delay)")
     report.set_defaults(func=cmd_report)
