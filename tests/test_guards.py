@@ -7,23 +7,9 @@ from pathlib import Path
 import pytest
 
 from fedunlearn.cli import main
-from fedunlearn.config import ConfigError, config_to_dict, load_config, to_toml
-from fedunlearn.results import RunDir
-from fedunlearn.store import PseudoGradientStore
+from fedunlearn.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def trained_run(tmp_path) -> Path:
-    """A run folder as `fedunlearn train` leaves it (10 clients, 30 rounds, no history), made directly."""
-    cfg = load_config(ROOT / "experiments/default.toml", ["store.history=false", "forgetting.strategies=[\"puf\"]"])
-    run = RunDir(tmp_path / "run")
-    run.config.parent.mkdir(parents=True)
-    run.config.write_text(to_toml(config_to_dict(cfg)))
-    run.save_checkpoint([], 30)
-    PseudoGradientStore(run.store).save()
-    return run.path
 
 
 def cli(capsys, *argv) -> tuple[int, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedunlearn.cli import main
-from fedunlearn.config import ConfigError, config_to_dict, load_config, to_toml
+from fedunlearn.config import ConfigError, load_config
 from fedunlearn.data import federated_data
 from fedunlearn.evaluation import Scorer
 from fedunlearn.flower import runtime
@@ -24,8 +24,7 @@ from fedunlearn.parts import load_experiment
 from fedunlearn.phases.compare import compare
 from fedunlearn.phases.train import train_phase
 from fedunlearn.provenance import original_model
-from fedunlearn.results import RunDir, read_csv
-from fedunlearn.store import PseudoGradientStore
+from fedunlearn.results import read_csv
 from fedunlearn.strategies import TooFewClientsError
 from tests.local_grid import local_federation
 
@@ -42,18 +41,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-def trained_run(tmp_path) -> Path:
-    """A run folder as `fedunlearn train` leaves it (10 clients, no history), made directly."""
-    cfg = load_config(DEFAULT, ["store.history=false"])
-    run = RunDir(tmp_path / "run")
-    run.config.parent.mkdir(parents=True)
-    run.config.write_text(to_toml(config_to_dict(cfg)))
-    run.save_checkpoint([], 30)
-    PseudoGradientStore(run.store).save()
-    return run.path
 
 
 @pytest.fixture

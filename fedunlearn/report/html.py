@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import base64
 import html
-from collections import defaultdict
 from pathlib import Path
 
 from fedunlearn.io import atomic_write_text
-from fedunlearn.report.report import TABLE, mean_cell, read_summary
+from fedunlearn.report.report import SummaryView, mean_cell
 from fedunlearn.report.table import format_value
 
 STYLE = """
@@ -75,12 +74,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def write_html(run_dir: str | Path, plots: list[Path]) -> Path:
     """``run_dir/report.html``: the mean ± std table, the per-seed table and every plot, in one file."""
     run_dir = Path(run_dir)
-    rows = read_summary(run_dir)
-    by = defaultdict(list)
-    for r in rows:
-        by[r["strategy"]].append(r)
-    columns = [c for c in TABLE if c in rows[0] and any(r[c] for r in rows)]
-    seeds = sorted({r["seed"] for r in rows}, key=int)
+    view = SummaryView.of(run_dir)
+    rows, by, columns, seeds = view.rows, view.by_strategy, view.columns, view.seeds
     mean_rows = [[name, *(mean_cell(mine, c) for c in columns)] for name, mine in by.items()]
     seed_rows = [[r["strategy"], r["seed"], *(format_value(r[c]) for c in columns)]
                  for r in sorted(rows, key=lambda r: (list(by).index(r["strategy"]), int(r["seed"])))]

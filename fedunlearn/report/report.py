@@ -77,15 +77,30 @@ def read_summary(run_dir: str | Path) -> list[dict]:
     return rows
 
 
+@dataclass
+class SummaryView:
+    """What both reports show of summary.csv: the rows, grouped by strategy, the columns and the seeds."""
+
+    rows: list[dict]
+    by_strategy: dict[str, list[dict]]
+    columns: list[str]
+    seeds: list[str]
+
+    @classmethod
+    def of(cls, run_dir: Path) -> SummaryView:
+        rows = read_summary(run_dir)
+        by = defaultdict(list)
+        for r in rows:
+            by[r["strategy"]].append(r)
+        columns = [c for c in TABLE if c in rows[0] and any(r[c] for r in rows)]
+        return cls(rows, dict(by), columns, sorted({r["seed"] for r in rows}, key=int))
+
+
 def write_report(run_dir: str | Path, plots: list[Path]) -> Path:
     """``run_dir/report.md``: the mean ± std table over seeds, the per-seed table, and the plots."""
     run_dir = Path(run_dir)
-    rows = read_summary(run_dir)
-    by = defaultdict(list)
-    for r in rows:
-        by[r["strategy"]].append(r)
-    columns = [c for c in TABLE if c in rows[0] and any(r[c] for r in rows)]
-    seeds = sorted({r["seed"] for r in rows}, key=int)
+    view = SummaryView.of(run_dir)
+    rows, by, columns, seeds = view.rows, view.by_strategy, view.columns, view.seeds
     lines = [f"# Unlearning comparison: {run_dir.name}", "",
              "Every metric is meant to be read against `retrain` (exact unlearning): the `gap_` columns of "
              "summary.csv hold |metric − retrain's|. A relearning delay `> R` is censored (the threshold was "
