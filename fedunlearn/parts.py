@@ -99,8 +99,12 @@ def for_seed(cfg: ExperimentConfig, seed: int | None = None) -> ExperimentConfig
     forgotten = sorted(c for r in forget for c in r.clients)
     backdoor: list[int] = []
     for c in cfg.data.backdoor.clients:
-        extra = forgotten if c == "forgotten" else [pick(c, sizes, set(backdoor) | set(forgotten), cfg.seed)] \
-            if isinstance(c, str) else [c]
+        if c == "forgotten":
+            extra = forgotten
+        elif isinstance(c, str):
+            extra = [pick(c, sizes, set(backdoor) | set(forgotten), cfg.seed)]
+        else:
+            extra = [c]
         backdoor += [x for x in extra if x not in backdoor]
     data = dataclasses.replace(cfg.data, backdoor=dataclasses.replace(cfg.data.backdoor, clients=backdoor))
     cfg = dataclasses.replace(cfg, forget=forget, data=data)

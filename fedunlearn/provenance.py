@@ -83,6 +83,10 @@ class Piece:
         recorded = self.recorded()
         return recorded is not None and fingerprint(recorded) == self.fingerprint
 
+    def holds(self, name: str) -> bool:
+        """Whether the folder holds a finished ``name`` computed with exactly these settings."""
+        return self.matches() and (self.path / name).exists()
+
     def clear_if_stale(self, name: str, log=print) -> None:
         """Remove the folder when it holds results computed with other settings.
 

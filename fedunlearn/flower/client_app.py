@@ -51,13 +51,6 @@ def _partition_id(context: Context) -> int:
 def _handler(behaviour_name: str):
     behaviour = BEHAVIOURS.factory(behaviour_name)
 
-    def handle(msg: Message, context: Context) -> Message:
-        """Run the behaviour from the received global weights and return the new weights (or the error)."""
-        try:
-            return run(msg, context)
-        except Exception:  # noqa: BLE001 - any failure of the behaviour goes back to the server as a reply
-            return Message(Error(CLIENT_RAISED, traceback.format_exc()), reply_to=msg)
-
     def run(msg: Message, context: Context) -> Message:
         config = dict(msg.content["config"])
         pid = _partition_id(context)
@@ -69,6 +62,13 @@ def _handler(behaviour_name: str):
         metrics = MetricRecord({"num-examples": data.clients[pid].num_examples, "partition-id": pid,
                                 "train-loss": result.loss, "local-epochs": float(result.epochs)})
         return Message(RecordDict({"arrays": ArrayRecord(get_weights(model)), "metrics": metrics}), reply_to=msg)
+
+    def handle(msg: Message, context: Context) -> Message:
+        """Run the behaviour from the received global weights and return the new weights (or the error)."""
+        try:
+            return run(msg, context)
+        except Exception:  # noqa: BLE001 - any failure of the behaviour goes back to the server as a reply
+            return Message(Error(CLIENT_RAISED, traceback.format_exc()), reply_to=msg)
 
     handle.__name__ = f"train_{behaviour_name}"
     return handle

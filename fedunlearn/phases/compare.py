@@ -46,8 +46,8 @@ from fedunlearn.results import RunDir, csv_text
 from fedunlearn.strategies import StrategySpec
 
 METRIC_COLUMNS = list(METRICS)
-SUMMARY_COLUMNS = ["strategy", "spec", "seed", "forgotten", "from_scratch", *METRIC_COLUMNS, "recovery_rounds", "recovery_censored",
-                   "relearn_delay", "relearn_censored", "relearn_ratio_to_retrain", "relearn_auc", "relearn_unit",
+SUMMARY_COLUMNS = ["strategy", "spec", "seed", "forgotten", "from_scratch", *METRIC_COLUMNS, "recovery_rounds",
+                   "recovery_censored", "relearn_delay", "relearn_censored", "relearn_ratio_to_retrain", "relearn_auc", "relearn_unit",
                    "rounds", "client_epochs", "bytes_exchanged", "wall_s", "notes"]
 
 
@@ -196,7 +196,7 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpe
     reference, target = specs[0], None  # resolve_strategies puts the reference first
     for spec in specs:
         piece = pieces.strategies[spec.label]
-        if piece.matches() and (piece.path / "result.json").exists():
+        if piece.holds("result.json"):
             log(f"[seed {cfg.seed}] {spec.label}: already done with these settings, reusing {piece.path}")
             weights, _ = RunDir(piece.path).load_checkpoint()
             row = json.loads((piece.path / "result.json").read_text())

@@ -87,7 +87,7 @@ class ProbeCache:
 
     def get(self, mode: str, name: str) -> ProbeResult | None:
         piece = self.pieces[mode, name]
-        if not (piece.matches() and (piece.path / "result.json").exists()):
+        if not piece.holds("result.json"):
             return None
         return ProbeResult(**json.loads((piece.path / "result.json").read_text()))
 

@@ -60,13 +60,14 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, scorer:
     weights, start, rows = scorer.initial_weights(), 0, []
     if piece.claim(str(out), log) and resume and run.checkpoint.exists():
         weights, start = run.load_checkpoint()
-        rows = [r for r in read_csv(run.rounds) if int(r["round"]) <= start] if run.rounds.exists() else []
-        log(f"resuming {out} after round {start}")
         if start > cfg.train.rounds:
             log(f"{out}: trained for {start} rounds, more than train.rounds = {cfg.train.rounds}; training again")
             shutil.rmtree(run.path)
             piece.claim(str(out), log)
-            weights, start, rows = scorer.initial_weights(), 0, []
+            weights, start = scorer.initial_weights(), 0
+        else:
+            rows = [r for r in read_csv(run.rounds) if int(r["round"]) <= start] if run.rounds.exists() else []
+            log(f"resuming {out} after round {start}")
     run.write_config(cfg)
     if start == 0 or not run.label_distribution.exists():
         draw_label_distribution(federated_data(cfg.data, cfg.seed), cfg.forgotten_clients(),

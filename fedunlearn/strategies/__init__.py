@@ -108,19 +108,23 @@ def _flat(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def _at_settings(written: str) -> tuple[str, list[tuple[list[str], Any]]]:
+    """``NAME@key=value,...`` as (NAME, [(keys, value), ...])."""
+    name, _, at = written.partition("@")
+    return name, [parse_override(item) for item in filter(None, at.split(","))]
+
+
 def _entry(entry: str | dict[str, Any]) -> tuple[str, str, list[tuple[list[str], Any]]]:
     """(label, spec, overrides) of one ``forgetting.strategies`` entry, a string or an inline table."""
     if isinstance(entry, str):
-        name, _, written = entry.partition("@")
-        return entry, entry, [parse_override(item) for item in filter(None, written.split(","))]
+        return entry, entry, _at_settings(entry)[1]
     table = dict(entry)
     written = table.pop("strategy", None)
     label = table.pop("label", None)
     if not isinstance(written, str) or not (label is None or isinstance(label, str)):
         raise ConfigError(f"forgetting.strategies: {entry!r} needs strategy = \"NAME\" (and label = \"...\" "
                           "if any), e.g. { strategy = \"puf\", label = \"puf-40\", eta = 40 }")
-    name, _, at = written.partition("@")
-    overrides = [parse_override(item) for item in filter(None, at.split(","))]
+    name, overrides = _at_settings(written)
     overrides += [(key.split("."), value) for key, value in _flat(table)]
     spec = name + ("@" + ",".join(f"{'.'.join(k)}={_literal(v)}" for k, v in overrides) if overrides else "")
     return label or spec, spec, overrides

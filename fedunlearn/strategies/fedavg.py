@@ -90,6 +90,7 @@ class RecordingFedAvg(FedAvg):
                          min_available_nodes=len(node_of))
         self.store = store
         self.node_of = dict(node_of)
+        self.partition_of = {n: p for p, n in self.node_of.items()}
         self.participants = sorted(participants)
         self.seed = seed
         self.base_config = dict(base_config)
@@ -131,8 +132,7 @@ class RecordingFedAvg(FedAvg):
         replies = list(replies)
         valid = [m for m in replies if not m.has_error() and self._well_formed(m)]
         accepted = {id(m) for m in valid}
-        partition_of = {n: p for p, n in self.node_of.items()}
-        self.report.failures = [f"client {partition_of.get(m.metadata.src_node_id, '?')}: "
+        self.report.failures = [f"client {self.partition_of.get(m.metadata.src_node_id, '?')}: "
                                 + (error_summary(m.error.reason) if m.has_error() else
                                    "reply without one ArrayRecord and a MetricRecord with num-examples and partition-id")
                                 for m in replies if id(m) not in accepted]
