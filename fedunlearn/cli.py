@@ -2,9 +2,10 @@
 
     fedunlearn data EXPERIMENT.toml [--seed S] [--set key=value ...] [--out DIR]
     fedunlearn train EXPERIMENT.toml [--set key=value ...] [--out DIR] [--resume]
-    fedunlearn forget RUN_DIR --client 3 [--client 7] --strategy puf-ieu [--recovery-rounds R] [--set ...] [--out DIR]
+    fedunlearn forget RUN_DIR (--client 3 | --samples 3:poisoned | --class 7) --strategy puf-ieu
+                      [--recovery-rounds R] [--set ...] [--out DIR]
     fedunlearn run EXPERIMENT.toml [--seeds N] [--set key=value ...] [--out DIR] [--resume]
-    fedunlearn probe RUN_DIR --client 3 [--metric backdoor] [--mode all|alone] [--max-rounds R] [--model DIR]
+    fedunlearn probe RUN_DIR (--client 3 | --samples 3:poisoned | --class 7) [--metric backdoor] [--mode all|alone] [--max-rounds R] [--model DIR]
     fedunlearn plot DIR
     fedunlearn report DIR [--markdown] [--html] [--columns a,b,c]
 
@@ -19,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from fedunlearn.config import request_from_flags
 from fedunlearn.settings import ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -97,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_owned(out)  # a training run never clears files it did not write
     out = _out_dir(args, out, "checkpoint")
     print(f"training {cfg.data.num_clients} clients on {cfg.data.name} for {cfg.train.rounds} rounds -> {out}")
-    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forgotten_clients())
+    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forget_requests())
     result = run_federation(cfg.data.num_clients, cfg.simulation,
                             lambda fed: train_phase(fed, cfg, out, scorer, resume=args.resume), out / "failures.log",
                             resources_checked=True)
@@ -111,10 +113,11 @@ def cmd_forget(args: argparse.Namespace) -> int:
     from fedunlearn.phases.forget import prepare_forget
     from fedunlearn.report import markdown_table, read_summary
 
-    job = prepare_forget(args.run_dir, args.client, args.strategy, args.recovery_rounds, args.set)
+    request = request_from_flags(args.client, args.samples, args.forget_class)
+    job = prepare_forget(args.run_dir, request, args.strategy, args.recovery_rounds, args.set)
     check_resources(job.cfg.simulation)
     out = _out_dir(args, Path(args.run_dir) / f"forget-{args.strategy}", "summary.csv")
-    print(f"forgetting clients {job.cfg.forget[0].clients} with {args.strategy} "
+    print(f"forgetting {job.cfg.forget[0].describe()} with {args.strategy} "
           f"(+{job.cfg.forgetting.recovery_rounds} recovery rounds) -> {out}")
     rows = run_federation(job.cfg.data.num_clients, job.cfg.simulation, lambda fed: job.run(fed, out),
                           out / "failures.log", resources_checked=True)
@@ -133,8 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_comparison(cfg, args.seeds)
     check_resources(cfg.simulation)
     out = _out_dir(args, Path("runs") / Path(args.experiment).stem, "config.toml")
-    print(f"comparing {', '.join(cfg.forgetting.strategies)} on {cfg.data.name}, forgetting "
-          f"{[r.clients for r in cfg.forget_requests()]}, {args.seeds} seed(s) -> {out}")
+    print(f"comparing {', '.join(map(str, cfg.forgetting.strategies))} on {cfg.data.name}, forgetting "
+          f"{'; '.join(r.describe() for r in cfg.forget_requests())}, {args.seeds} seed(s) -> {out}")
     run_federation(cfg.data.num_clients, cfg.simulation, lambda fed: compare(fed, cfg, out, args.seeds),
                    out / "failures.log", resources_checked=True)
     print(markdown_table(read_summary(out)))  # what `fedunlearn report OUT --markdown` prints
@@ -183,7 +186,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from fedunlearn.flower.runtime import run_federation
     from fedunlearn.phases.probe import prepare_probe, write_probes
 
-    job = prepare_probe(args.run_dir, args.client, args.metric, args.mode, args.max_rounds, args.model or [])
+    request = request_from_flags(args.client, args.samples, args.forget_class)
+    job = prepare_probe(args.run_dir, request, args.metric, args.mode, args.max_rounds, args.model or [])
     check_resources(job.cfg.simulation)
     out = _out_dir(args, Path(args.run_dir), None)  # a probe's curves replace the last ones
     results = run_federation(job.cfg.data.num_clients, job.cfg.simulation, job.run, out / "failures.log",
@@ -207,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="results folder (default runs/<experiment name>, -train for `train`)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
+    def request_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--client", type=int, action="append", default=[], help="a client to forget (repeatable)")
+        p.add_argument("--samples", metavar="ID:SELECTOR", help="samples of one client: ID:poisoned, ID:FRACTION "
+                                                                "(e.g. 3:0.2) or ID:I,J,K (indices)")
+        p.add_argument("--class", dest="forget_class", type=int, action="append", default=[], metavar="LABEL",
+                       help="a class to forget from every client (repeatable)")
+
     data = sub.add_parser("data", help="show each client's samples and classes (table and figure) before training")
     data.add_argument("experiment", help="experiment TOML file (see experiments/)")
     data.add_argument("--seed", type=int, help="the seed whose partition to show (default the experiment's)")
@@ -220,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     forget = sub.add_parser("forget", help="forget clients of a trained run with one strategy")
     forget.add_argument("run_dir", help="a folder written by `fedunlearn train`")
-    forget.add_argument("--client", type=int, action="append", required=True, help="client id to forget (repeatable)")
+    request_args(forget)
     forget.add_argument("--strategy", required=True, help="unlearning strategy (puf, puf+ieu, pga, federaser, ...)")
     forget.add_argument("--recovery-rounds", type=int, help="recovery rounds after the step (default from the config)")
     forget.add_argument("--set", action="append", default=[], metavar="forgetting.KEY=VALUE",
@@ -230,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = sub.add_parser("probe", help="relearning-delay probe of a trained run's model(s)")
     probe.add_argument("run_dir", help="a folder written by `fedunlearn train` (its model is the original)")
-    probe.add_argument("--client", type=int, action="append", required=True, help="forgotten client id (repeatable)")
+    request_args(probe)
     probe.add_argument("--model", action="append", help="also probe this folder's checkpoint (e.g. a strategy folder)")
     probe.add_argument("--metric", default="auto", help="forget_acc, forget_loss, backdoor or auto")
     probe.add_argument("--mode", default="all", choices=["all", "alone"], help="re-add to all clients, or alone (SGD steps)")

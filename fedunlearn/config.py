@@ -9,6 +9,7 @@ settings class when :mod:`fedunlearn.parts` looks it up.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,20 +152,53 @@ class SimulationConfig:
                 f"must be a finite number of seconds > 0 (got {self.round_timeout_s})")
 
 
+REQUEST_KINDS = ("client", "samples", "class")
+SAMPLE_SELECTORS = ("poisoned",)  # beside a fraction (a float) and explicit indices (a list)
+
+
 @dataclass
 class ForgetRequest:
-    """Clients asking to be forgotten together, after regular FedAvg round ``round``.
+    """What to forget, after regular FedAvg round ``round`` (docs/methods.md, "Granularity").
+
+    The request's kind follows from what it names:
+
+    * ``client``: ``clients = [3]``, every sample of those clients; they leave the federation.
+    * ``samples``: ``clients = [3]`` and ``samples``, a selector of those clients' train samples:
+      ``"poisoned"`` (their backdoored samples), a fraction such as ``0.2`` (drawn with a
+      Generator seeded by the seed, the client and the round) or a list of indices into the
+      client's train data. The clients stay with the rest of their data.
+    * ``class``: ``classes = [7]``, every sample with one of those labels on every client; a client
+      whose data is all in those classes leaves.
 
     ``round = 0`` means after the last training round (``train.rounds``). Requests at earlier
     rounds form a sequence: each strategy unlearns at the first request's round, recovers, goes on
-    with regular rounds over the remaining clients up to the next request, and so on until
+    with regular rounds over what remains up to the next request, and so on until
     ``train.rounds`` regular rounds have run in all. A client may be named by a rule
     (``"largest"``, ``"median"``, ``"random"``), resolved per seed on that seed's partition
     (:func:`fedunlearn.parts.for_seed`) and recorded in the seed's results.
     """
 
     clients: list[int | str] = field(default_factory=list)
+    samples: str | float | list[int] = ""
+    classes: list[int] = field(default_factory=list)
     round: int = 0
+
+    @property
+    def kind(self) -> str:
+        """``"client"``, ``"samples"`` or ``"class"``."""
+        if self.classes:
+            return "class"
+        return "samples" if self.samples != "" else "client"
+
+    def describe(self) -> str:
+        """A short human text: ``client 3``, ``client 3 samples poisoned``, ``class 7``."""
+        if self.kind == "class":
+            return f"class {' '.join(map(str, self.classes))}"
+        who = f"client{'s' if len(self.clients) > 1 else ''} {' '.join(map(str, self.clients))}"
+        if self.kind == "client":
+            return who
+        selector = self.samples if not isinstance(self.samples, list) else f"{len(self.samples)} indices"
+        return f"{who} samples {selector}"
 
 
 @dataclass
@@ -183,8 +217,9 @@ class ForgettingConfig:
     it always runs ``recovery_rounds`` rounds.
 
     Before any strategy runs, the original model must hold what is to be forgotten: test accuracy
-    at least ``min_original_test_acc`` (it converged) and, with a backdoor, attack success rate at
-    least ``min_original_backdoor_asr`` (it learnt the backdoor); otherwise the comparison could
+    at least ``min_original_test_acc`` (it converged), accuracy on the data to forget at least
+    ``min_original_forget_acc`` (it learnt it: a class, samples, a client) and, with a backdoor,
+    attack success rate at least ``min_original_backdoor_asr`` (it learnt the backdoor); otherwise the comparison could
     not tell strategies apart and the run stops with exit code 2. With ``check_separation``
     the retrained model must also fall short of the probe's threshold on the forgotten clients
     (else the original holds nothing measurable that retraining removes).
@@ -195,6 +230,7 @@ class ForgettingConfig:
     recovery_rounds: int = 30
     recovery_tolerance: float = 0.01
     min_original_test_acc: float = 0.5
+    min_original_forget_acc: float = 0.5
     min_original_backdoor_asr: float = 0.5
     check_separation: bool = True
     settings: dict[str, dict[str, Any]] = parts_field()
@@ -277,23 +313,69 @@ class ExperimentConfig:
 
     def forget_requests(self) -> list[ForgetRequest]:
         """The requests in round order, ``round = 0`` resolved to the last training round."""
-        resolved = [ForgetRequest(list(r.clients), r.round or self.train.rounds) for r in self.forget]
+        resolved = [dataclasses.replace(r, clients=list(r.clients), round=r.round or self.train.rounds)
+                    for r in self.forget]
         return sorted(resolved, key=lambda r: r.round)
 
     def forgotten_clients(self) -> list[int]:
-        """Every client some request forgets, sorted: the forget set of every metric (rules resolved first)."""
+        """Every client a request names (client and samples kinds), sorted (rules resolved first)."""
         if any(isinstance(c, str) for r in self.forget for c in r.clients):
             raise ValueError("forget requests name clients by rule; resolve them with fedunlearn.parts.for_seed")
-        return sorted(c for r in self.forget for c in r.clients)
+        return sorted({c for r in self.forget for c in r.clients})
+
+    def forget_kinds(self) -> list[str]:
+        """The kinds of the requests, in order of first appearance."""
+        return list(dict.fromkeys(r.kind for r in self.forget_requests()))
+
+
+def _request_field(requests: list[ForgetRequest], i: int, key: str, where: str) -> str:
+    return f"{where}[{i}].{key}" if len(requests) > 1 or where == "forget" else where
+
+
+def _validate_selector(r: ForgetRequest, name: str) -> None:
+    s = r.samples
+    if isinstance(s, str):
+        if s not in SAMPLE_SELECTORS:
+            raise ConfigError(f"{name}: {s!r} is not a selector; use \"poisoned\", a fraction such as 0.2, or a "
+                              "list of sample indices")
+    elif isinstance(s, float):
+        if not 0 < s < 1:
+            raise ConfigError(f"{name}: the fraction {s} is not in (0, 1); forget the whole client with a client "
+                              "request (no samples key)")
+    else:
+        if not s:
+            raise ConfigError(f"{name}: an empty list of indices; name at least one sample")
+        if len(r.clients) != 1:
+            raise ConfigError(f"{name}: indices name the samples of one client; list exactly one client")
+        if min(s) < 0 or len(set(s)) != len(s):
+            raise ConfigError(f"{name}: indices must be distinct and >= 0 (got {s})")
 
 
 def validate_requests(requests: list[ForgetRequest], num_clients: int, last_round: int, where: str) -> None:
-    """Guards shared by the TOML ``[[forget]]`` tables and the ``forget`` command's flags."""
-    seen: set[int] = set()
+    """Guards shared by the TOML ``[[forget]]`` tables and the ``forget`` command's flags.
+
+    What needs the data (a class the data set has, an index a client holds, poisoned samples to
+    select) is checked when the forget sets are built (:mod:`fedunlearn.data.forget_sets`).
+    """
+    gone: set[int] = set()
+    classes: set[int] = set()
     for i, r in enumerate(requests):
-        clients = f"{where}[{i}].clients" if len(requests) > 1 or where == "forget" else where
-        if not r.clients:
-            raise ConfigError(f"{clients}: empty; name at least one client id")
+        clients = _request_field(requests, i, "clients", where)
+        if r.classes:
+            if r.clients:
+                raise ConfigError(f"{clients}: a class request removes its classes from every client; drop clients "
+                                  "(or make it a separate request)")
+            if r.samples != "":
+                raise ConfigError(f"{_request_field(requests, i, 'samples', where)}: a class request selects by "
+                                  "label; drop samples")
+            name = _request_field(requests, i, "classes", where)
+            if min(r.classes) < 0 or len(set(r.classes)) != len(r.classes):
+                raise ConfigError(f"{name}: classes must be distinct labels >= 0 (got {r.classes})")
+            classes |= set(r.classes)
+        elif not r.clients:
+            raise ConfigError(f"{clients}: empty; name at least one client id (or classes = [...] for a class)")
+        if r.samples != "":
+            _validate_selector(r, _request_field(requests, i, "samples", where))
         ids = [c for c in r.clients if not isinstance(c, str)]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"{clients}: a client is named twice in {r.clients}; name each client once")
@@ -306,15 +388,41 @@ def validate_requests(requests: list[ForgetRequest], num_clients: int, last_roun
             if not 0 <= c < num_clients:
                 raise ConfigError(f"{clients}: unknown client id {c}; the federation has clients "
                                   f"0..{num_clients - 1}")
-            if c in seen:
+            if c in gone:
                 raise ConfigError(f"{clients}: client {c} is already forgotten by an earlier request")
-            seen.add(c)
+            if r.kind == "client":
+                gone.add(c)
         if not 1 <= r.round <= last_round:
             raise ConfigError(f"{where}[{i}].round: {r.round} is not a round the run reached (1..{last_round}); "
                               "use 0 for the last training round")
-    if len(seen) >= num_clients and requests:
+    if len(gone) >= num_clients and requests:
         raise ConfigError(f"{where}: the requests forget every one of the {num_clients} clients; "
                           "keep at least one client in the federation")
+
+
+def request_from_flags(clients: list[int], samples: str | None, classes: list[int]) -> ForgetRequest:
+    """The one request the ``forget`` and ``probe`` commands' flags describe (round 0: the last round).
+
+    ``--client 3`` (repeatable), ``--samples 3:poisoned`` / ``3:0.2`` / ``3:5,9,12`` or ``--class 7``
+    (repeatable); one kind per command.
+    """
+    given = [flag for flag, used in (("--client", clients), ("--samples", samples), ("--class", classes)) if used]
+    if len(given) != 1:
+        raise ConfigError(f"{' and '.join(given) or '--client'}: name what to forget with exactly one of --client ID, "
+                          "--samples ID:poisoned|FRACTION|I,J,K or --class LABEL")
+    if classes:
+        return ForgetRequest(classes=sorted(classes))
+    if clients:
+        return ForgetRequest(sorted(clients))
+    client, _, selector = samples.partition(":")
+    try:
+        pid = int(client)
+        value = (selector if selector == "poisoned" else float(selector) if "." in selector
+                 else [int(i) for i in selector.split(",")])
+    except ValueError:
+        raise ConfigError(f"--samples {samples!r}: write CLIENT:poisoned, CLIENT:FRACTION (e.g. 3:0.2) or "
+                          "CLIENT:I,J,K (sample indices)") from None
+    return ForgetRequest([pid], samples=value)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -15,7 +15,6 @@ import numpy as np
 
 from fedunlearn.config import (
     ExperimentConfig,
-    ForgetRequest,
     load_config,
     validate_requests,
 )
@@ -95,7 +94,7 @@ def for_seed(cfg: ExperimentConfig, seed: int | None = None) -> ExperimentConfig
                 c = pick(c, sizes, taken, cfg.seed)
                 taken.add(c)
             clients.append(c)
-        forget.append(ForgetRequest(clients, r.round))
+        forget.append(dataclasses.replace(r, clients=clients))
     forgotten = sorted(c for r in forget for c in r.clients)
     backdoor: list[int] = []
     for c in cfg.data.backdoor.clients:

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedunlearn.config import ExperimentConfig, config_to_dict
+from fedunlearn.config import ExperimentConfig, ForgetRequest, config_to_dict
 from fedunlearn.io import atomic_write_text
 from fedunlearn.settings import ConfigError, as_dict
 
@@ -138,7 +138,12 @@ def training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"seed": cfg.seed, "data": _used(raw["data"], [cfg.data.name, cfg.data.partition]),
             "model": _used(raw["model"], [cfg.model.name]), "train": train,
             "store": {"history": cfg.store.history, "dtype": cfg.store.dtype},
-            "forget": [dataclasses.asdict(r) for r in cfg.forget]}
+            "forget": [request_record(r) for r in cfg.forget]}
+
+
+def request_record(request: ForgetRequest) -> dict[str, Any]:
+    """A request as its settings record holds it: the keys of its kind (a client request as it always was)."""
+    return {k: v for k, v in dataclasses.asdict(request).items() if v not in ("", [])}
 
 
 def strategy_settings(cfg: ExperimentConfig, spec: StrategySpec, training: str, reference: str) -> dict[str, Any]:

@@ -46,11 +46,13 @@ def train_local(
     clip_norm: float | None = None,
     after_step: Callable[[nn.Module], bool] | None = None,
     max_steps: int | None = None,
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> LocalTrainResult:
     """Mini-batch SGD on (x, y) in place, batches shuffled by a generator seeded with ``seed``.
 
     ``ascent`` maximises the loss instead (gradient ascent). ``after_step`` runs after every
     optimiser step and stops training when it returns True (used by PGA's projection).
+    ``loss_of(logits, batch_indices)`` replaces cross-entropy (TRW's per-sample targets).
     """
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     gen = torch.Generator().manual_seed(seed)
@@ -61,7 +63,8 @@ def train_local(
     for _ in range(epochs):
         for batch in torch.randperm(len(yt), generator=gen).split(batch_size):
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xt[batch]), yt[batch])
+            logits = model(xt[batch])
+            loss = loss_fn(logits, yt[batch]) if loss_of is None else loss_of(logits, batch)
             (-loss if ascent else loss).backward()
             if clip_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
@@ -78,6 +81,8 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 2048) -> t
     """Logits for every row of ``x`` (eval mode, no gradients)."""
     model.eval()
     xt = torch.from_numpy(x)
+    if len(xt) == 0:  # no rows: the right number of columns all the same
+        return model(torch.zeros((1, *xt.shape[1:]), dtype=xt.dtype))[:0]
     return torch.cat([model(xt[i:i + batch_size]) for i in range(0, len(xt), batch_size)])
 
 

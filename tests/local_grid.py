@@ -9,6 +9,7 @@ same phases on the Simulation Engine.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from uuid import uuid4
 
 from flwr.app import Context, Message, MessageType, RecordDict
 
@@ -38,6 +39,7 @@ class LocalGrid:
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         replies = []
         for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())  # as the SuperLink (and InMemoryGrid) does
             context = self.contexts[msg.metadata.dst_node_id]
             if self.tamper is not None and msg.metadata.message_type.startswith(MessageType.TRAIN):
                 self.tamper(int(context.node_config["partition-id"]), msg)

@@ -10,20 +10,30 @@ from flwr.app import ArrayRecord, Error, Message, Metadata, MetricRecord, Record
 _ids = itertools.count()
 
 
-def _metadata(src_node_id: int) -> Metadata:
+def _metadata(src_node_id: int, reply_to: str = "") -> Metadata:
     return Metadata(run_id=1, message_id=f"m{next(_ids)}", src_node_id=src_node_id, dst_node_id=0,
-                    reply_to_message_id="", group_id="", created_at=0.0, ttl=100.0, message_type="train")
+                    reply_to_message_id=reply_to, group_id="", created_at=0.0, ttl=100.0, message_type="train")
+
+
+def send(messages: list[Message]) -> list[Message]:
+    """Give sent messages their ids, as the SuperLink does when a grid pushes them."""
+    for m in messages:
+        m.metadata.__dict__["_message_id"] = f"sent{next(_ids)}"
+    return messages
 
 
 def train_reply(partition_id: int, num_examples: int, weights: list[np.ndarray], loss: float = 1.0,
-                epochs: float = 1.0) -> Message:
-    """A successful train reply from the node holding ``partition_id`` (node id = 100 + pid)."""
+                epochs: float = 1.0, reply_to: str = "") -> Message:
+    """A successful train reply from the node holding ``partition_id`` (node id = 100 + pid).
+
+    ``reply_to``: the id of the message it answers (needed where a node gets two messages).
+    """
     content = RecordDict({
         "arrays": ArrayRecord([np.asarray(w, dtype=np.float32) for w in weights]),
         "metrics": MetricRecord({"num-examples": num_examples, "partition-id": partition_id,
                                  "train-loss": loss, "local-epochs": epochs}),
     })
-    return Message(content, metadata=_metadata(100 + partition_id))
+    return Message(content, metadata=_metadata(100 + partition_id, reply_to))
 
 
 def error_reply(partition_id: int, reason: str = "ClientApp raised") -> Message:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedunlearn.cli import main
-from fedunlearn.config import ConfigError, load_config
+from fedunlearn.config import ConfigError, ForgetRequest, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_a_comparison_with_nothing_to_forget_is_refused():
     from fedunlearn.phases.compare import check_separation
 
     cfg = load_config(ROOT / "experiments/default.toml")
-    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), [7])
+    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), [ForgetRequest([7], round=1)])
     same = scorer.initial_weights()
     with pytest.raises(ConfigError, match="forgetting.check_separation: on the forgotten clients the retrained model"):
         check_separation(cfg, scorer, same, same)  # a "retrained" model identical to the original

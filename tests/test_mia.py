@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedunlearn.config import load_config
+from fedunlearn.config import ForgetRequest, load_config
 from fedunlearn.data import build_federated_data
 from fedunlearn.evaluation import Scorer
 from fedunlearn.evaluation.metrics import METRICS, ModelView
@@ -17,7 +17,7 @@ def test_training_on_the_forget_samples_lowers_mia_efficacy_on_them():
                              "data.synthetic.classes=4", "data.num_clients=4", "data.partition=iid",
                              "model.name=mlp", "model.mlp.hidden=64"])
     data = build_federated_data(cfg.data, cfg.seed)
-    scorer = Scorer(cfg, data, forgotten=[0])
+    scorer = Scorer(cfg, data, [ForgetRequest([0], round=1)])
 
     def trained_on(x, y):
         model = build_model(cfg.model, data.input_shape, data.num_classes, seed=1)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedunlearn.cli import main
-from fedunlearn.config import ConfigError, load_config
+from fedunlearn.config import ConfigError, ForgetRequest, load_config
 from fedunlearn.data import federated_data
 from fedunlearn.evaluation import Scorer
 from fedunlearn.flower import runtime
@@ -169,7 +169,7 @@ def test_a_client_failing_every_round_is_logged_then_stops_the_run(tmp_path):
     lines: list[str] = []
     fed = local_federation(4, fail_client_1, max_failed_rounds=3, failure_log=tmp_path / "failures.log",
                            log=lines.append)
-    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), [1])
+    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), [ForgetRequest([1], round=1)])
     with pytest.raises(ClientFailureError, match="simulation.max_failed_rounds: client 1 failed in 3 rounds in a row"):
         train_phase(fed, cfg, tmp_path / "t", scorer, log=lambda *_: None)
     assert len(lines) == 3 and all("1 of 4 clients failed (client 1: " in line for line in lines)
@@ -190,7 +190,7 @@ def test_a_client_failing_now_and_then_is_counted_and_its_streak_resets(tmp_path
             msg.content["config"]["local-epochs"] = "not-a-number"
 
     fed = local_federation(4, fail_in_rounds_1_and_3, max_failed_rounds=2, log=lines.append)
-    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), [1])
+    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), [ForgetRequest([1], round=1)])
     result = train_phase(fed, cfg, tmp_path / "t", scorer, log=lambda *_: None)  # two failures, never in a row
     assert [r["failures"] for r in result.rows] == [1, 0, 1, 0] and [r["clients"] for r in result.rows] == [3, 4, 3, 4]
     assert len(lines) == 2 and "training round 3: 1 of 4 clients failed (client 2: " in lines[1]
@@ -199,7 +199,7 @@ def test_a_client_failing_now_and_then_is_counted_and_its_streak_resets(tmp_path
 def test_every_client_required_stops_at_the_first_failure_with_one_line(tmp_path):
     cfg = tiny()
     fed = local_federation(4, fail_client_1, failure_log=tmp_path / "failures.log", log=lambda *_: None)
-    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), [1])
+    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), [ForgetRequest([1], round=1)])
     with pytest.raises(TooFewClientsError) as err:
         train_phase(fed, cfg, tmp_path / "t", scorer, log=lambda *_: None)
     message = str(err.value)

@@ -8,13 +8,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from fedunlearn.clients.ascent import flat, project_to_ball
-from fedunlearn.config import ExperimentConfig
+from fedunlearn.config import ExperimentConfig, ForgetRequest
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies.fedavg import RecordingFedAvg
 from fedunlearn.strategies.federaser import FedEraserCalibration, calibrated_step
 from fedunlearn.strategies.ieu import IEUServerSide, ieu_perturb
 from fedunlearn.strategies.puf import PUFRound
-from tests.mocks import train_reply
+from tests.mocks import send, train_reply
 
 G = [np.array([1.0, -2.0, 0.5], dtype=np.float32), np.array([[3.0]], dtype=np.float32)]
 D = {  # pseudo-gradients per client
@@ -27,6 +27,13 @@ N = {0: 10, 1: 20, 2: 30, 3: 40}
 CFG = ExperimentConfig()
 
 
+DF = {  # pseudo-gradients on the forget samples alone (generalised PUF)
+    1: [np.array([1.0, 0.0, -1.0], np.float32), np.array([[2.0]], np.float32)],
+    3: [np.array([0.2, 0.4, 0.0], np.float32), np.array([[-1.0]], np.float32)],
+}
+NF = {1: 5, 3: 8}  # |F_k|
+
+
 def replies(pids):
     return [train_reply(p, N[p], [g + d for g, d in zip(G, D[p], strict=True)]) for p in pids]
 
@@ -37,9 +44,28 @@ def run_round(strategy, pids, rnd=5):
     return arrays.to_numpy_ndarrays()
 
 
-def puf(targets, mode, eta, offline=False, store=None):
-    return PUFRound.from_config(CFG, store or PseudoGradientStore(), {p: 100 + p for p in range(4)}, [0, 1, 2, 3],
-                                targets=targets, eta=eta, mode=mode, offline=offline)
+def answer(strategy, rnd=5, forget_n=None):
+    """Run one round of ``strategy`` against mock clients: a regular reply sends D[p] with N[p]
+    samples, a reply to a message that restricts the client to forget samples (``only``) sends
+    DF[p] with ``forget_n[p]`` samples. Returns the new weights and the (pid, role) asked."""
+    sent = send(list(strategy.configure_train(rnd, ArrayRecord(G), ConfigRecord(), grid=None)))
+    out, asked = [], []
+    for m in sent:
+        pid = m.metadata.dst_node_id - 100
+        forget = "only" in m.content["config"]
+        delta, n = (DF[pid], (forget_n or NF)[pid]) if forget else (D[pid], N[pid])
+        out.append(train_reply(pid, n, [g + d for g, d in zip(G, delta, strict=True)], reply_to=m.metadata.message_id))
+        asked.append((pid, "forget" if forget else "regular"))
+    arrays, _ = strategy.aggregate_train(rnd, out)
+    return arrays.to_numpy_ndarrays(), asked
+
+
+def puf(targets, mode, eta, offline=False, store=None, request=None, participants=None):
+    request = request or ForgetRequest(list(targets), round=5)
+    remaining = participants if participants is not None else [p for p in range(4) if p not in targets]
+    return PUFRound.from_config(CFG, store or PseudoGradientStore(), {p: 100 + p for p in range(4)}, remaining,
+                                [request], targets=targets, eta=eta, mode=mode, offline=offline, request=request,
+                                earlier=[])
 
 
 def expected(terms):
@@ -53,33 +79,72 @@ def assert_weights(got, want):
 
 def test_puf_regular_one_target():
     s = puf([3], "regular", 20.0)
-    assert s.sample(5) == [0, 1, 2, 3]
-    got = run_round(s, [0, 1, 2, 3])
+    got, asked = answer(s, forget_n={3: 40})  # a client request: the target's forget data is all its data
+    assert asked == [(0, "regular"), (1, "regular"), (2, "regular"), (3, "forget")]
     total = 100.0  # N = Σ_R n_k + n_u
-    assert_weights(got, expected([(10 / total, D[0]), (20 / total, D[1]), (30 / total, D[2]), (-20 * 40 / total, D[3])]))
+    want = [(10 / total, D[0]), (20 / total, D[1]), (30 / total, D[2]), (-20 * 40 / total, DF[3])]
+    assert_weights(got, expected(want))
     assert s.sources == {3: "fresh (round 5)"}
 
 
 def test_puf_regular_two_concurrent_targets():
-    got = run_round(puf([1, 3], "regular", 5.0), [0, 1, 2, 3])
-    assert_weights(got, expected([(10 / 100, D[0]), (30 / 100, D[2]), (-5 * 20 / 100, D[1]), (-5 * 40 / 100, D[3])]))
+    got, _ = answer(puf([1, 3], "regular", 5.0), forget_n={1: 20, 3: 40})
+    assert_weights(got, expected([(10 / 100, D[0]), (30 / 100, D[2]), (-5 * 20 / 100, DF[1]), (-5 * 40 / 100, DF[3])]))
 
 
 def test_puf_special_only_targets_train():
     s = puf([1, 3], "special", 2.0)
-    assert s.sample(5) == [1, 3]
-    got = run_round(s, [1, 3])
-    assert_weights(got, expected([(-2 * 20 / 60, D[1]), (-2 * 40 / 60, D[3])]))  # N_U = 60
+    got, asked = answer(s, forget_n={1: 20, 3: 40})
+    assert asked == [(1, "forget"), (3, "forget")]
+    assert_weights(got, expected([(-2 * 20 / 60, DF[1]), (-2 * 40 / 60, DF[3])]))  # N_U = 60
 
 
 def test_puf_offline_target_uses_its_stored_latest_delta():
     store = PseudoGradientStore()
     store.record(3, 4, 40, D[3])
     s = puf([3], "regular", 20.0, offline=True, store=store)
-    assert s.sample(5) == [0, 1, 2]  # the target is not asked
-    got = run_round(s, [0, 1, 2])
+    got, asked = answer(s)
+    assert asked == [(0, "regular"), (1, "regular"), (2, "regular")]  # the target is not asked
     assert_weights(got, expected([(10 / 100, D[0]), (20 / 100, D[1]), (30 / 100, D[2]), (-20 * 40 / 100, D[3])]))
     assert s.sources == {3: "stored (round 4)"}
+
+
+def test_generalised_puf_regular_on_samples_by_hand():
+    """Client 3 forgets 8 of its samples and stays: it sends Δ^R (D[3], its 40 remaining samples)
+    and Δ^F (DF[3], its 8 forget samples). N = 10 + 20 + 30 + 40 + 8 = 108."""
+    request = ForgetRequest([3], samples="poisoned", round=5)
+    s = puf([3], "regular", 20.0, request=request, participants=[0, 1, 2, 3])
+    got, asked = answer(s)
+    assert asked == [(0, "regular"), (1, "regular"), (2, "regular"), (3, "regular"), (3, "forget")]
+    w0 = G[0] + (10 * D[0][0] + 20 * D[1][0] + 30 * D[2][0] + 40 * D[3][0] - 20 * 8 * DF[3][0]) / 108
+    # by hand, first tensor: [1, -2, 0.5] + ([1-8+15+0-32, 2+0+15-40-64, 3+4-15+40+0] / 108)
+    np.testing.assert_allclose(w0, np.array([1 - 24 / 108, -2 - 87 / 108, 0.5 + 32 / 108]), rtol=1e-6)
+    assert_weights(got, [w0, G[1] + (10 * 1 - 20 * 2 + 30 * 0.5 + 40 * 4 + 20 * 8 * 1) / 108])
+    assert s.sources == {3: "fresh (round 5)"}
+
+
+def test_generalised_puf_special_on_a_class_by_hand():
+    """Clients 1 and 3 hold the forget class (5 and 8 samples): w − η Σ (|F_k|/N_F) Δ_k^F, N_F = 13."""
+    request = ForgetRequest(classes=[7], round=5)
+    s = puf([1, 3], "special", 2.0, request=request, participants=[0, 1, 2, 3])
+    got, asked = answer(s)
+    assert asked == [(1, "forget"), (3, "forget")]
+    assert_weights(got, [G[0] - 2 * (5 * DF[1][0] + 8 * DF[3][0]) / 13,
+                         np.array([[3.0 - 2 * (5 * 2.0 + 8 * -1.0) / 13]], np.float32)])
+
+
+def test_forget_messages_carry_the_request_and_regular_ones_exclude_it():
+    import json
+
+    request = ForgetRequest([3], samples=0.25, round=5)
+    s = puf([3], "regular", 20.0, request=request, participants=[0, 1, 2, 3])
+    sent = send(list(s.configure_train(5, ArrayRecord(G), ConfigRecord(), grid=None)))
+    for m in sent:
+        config = m.content["config"]
+        if "only" in config:
+            assert json.loads(config["only"])[0]["samples"] == 0.25 and json.loads(config["exclude"]) == []
+        else:
+            assert json.loads(config["exclude"])[0]["clients"] == [3]
 
 
 def test_ieu_decay_alone_scales_every_tensor():

@@ -12,10 +12,12 @@ from __future__ import annotations
 from fedunlearn.clients.ascent import ascent_behaviour
 from fedunlearn.clients.request import ClientRequest, LocalRun
 from fedunlearn.clients.train import train_behaviour
+from fedunlearn.clients.trw import trw_behaviour
 from fedunlearn.registry import Registry
 
 BEHAVIOURS: Registry = Registry("client behaviour", "message type")
 BEHAVIOURS.register("default", train_behaviour)
 BEHAVIOURS.register("ascent", ascent_behaviour)
+BEHAVIOURS.register("trw", trw_behaviour)
 
 __all__ = ["BEHAVIOURS", "ClientRequest", "LocalRun"]

@@ -49,6 +49,11 @@ class ClientData:
     def num_examples(self) -> int:
         return len(self.y_train)
 
+    def subset(self, indices: np.ndarray) -> ClientData:
+        """The samples at ``indices`` (sorted), ``poisoned`` renumbered into the subset."""
+        return ClientData(self.x_train[indices], self.y_train[indices],
+                          np.flatnonzero(np.isin(indices, self.poisoned)))
+
 
 @dataclass
 class FederatedData:

@@ -14,42 +14,47 @@ import numpy as np
 import torch
 
 from fedunlearn.arrays import Weights
+from fedunlearn.class_unlearning import nearest_classes
 from fedunlearn.evaluation.mia import (
+    MIA_NN_NEIGHBOURS,
+    neighbour_mia,
     per_sample_loss,
     svc_mia_efficacy,
     true_class_confidence,
     yeom_member_rate,
 )
 from fedunlearn.evaluation.scorer import Scorer
-from fedunlearn.training import predict_logits, set_weights
 
 
 @dataclass
 class ModelView:
-    """One model's weights and logits on the test, retain, forget and backdoor-attack sets."""
+    """One model's weights and logits on the scorer's sets (test, retain, forget, forget-class test, kept, attack)."""
 
     weights: Weights
     test: torch.Tensor
     retain: torch.Tensor
     forget: torch.Tensor
+    forget_test: torch.Tensor
+    kept: torch.Tensor
     attack: torch.Tensor | None
     scorer: Scorer
 
     @classmethod
     def of(cls, scorer: Scorer, weights: Weights) -> ModelView:
-        set_weights(scorer.model, weights)
-        d = scorer.data
-        attack = predict_logits(scorer.model, d.x_attack) if d.x_attack is not None else None
-        return cls(weights, predict_logits(scorer.model, d.x_test), predict_logits(scorer.model, scorer.x_retain),
-                   predict_logits(scorer.model, scorer.x_forget), attack, scorer)
+        d, s = scorer.data, scorer
+        attack = s.logits(weights, d.x_attack) if d.x_attack is not None else None
+        return cls(weights, s.logits(weights, s.x_test), s.logits(weights, s.x_retain), s.logits(weights, s.x_forget),
+                   s.logits(weights, s.x_forget_test), s.logits(weights, s.x_kept), attack, scorer)
 
 
 def _acc(logits: torch.Tensor, labels: np.ndarray) -> float:
+    if len(labels) == 0:
+        return float("nan")
     return float((logits.argmax(1) == torch.from_numpy(labels)).float().mean())
 
 
 def test_acc(m: ModelView, r: ModelView) -> float:
-    return _acc(m.test, m.scorer.data.y_test)
+    return _acc(m.test, m.scorer.y_test)
 
 
 def retain_acc(m: ModelView, r: ModelView) -> float:
@@ -64,10 +69,22 @@ def unlearn_acc(m: ModelView, r: ModelView) -> float:
     return 1.0 - forget_acc(m, r)
 
 
+def forget_test_acc(m: ModelView, r: ModelView) -> float:
+    """Accuracy on the test samples of the forget classes (class requests; retrain's is 0)."""
+    return _acc(m.forget_test, m.scorer.y_forget_test)
+
+
+def kept_acc(m: ModelView, r: ModelView) -> float:
+    """Accuracy on what the holders of forget data keep (samples requests: the rest of their data)."""
+    return _acc(m.kept, m.scorer.y_kept)
+
+
 def mia_efficacy(m: ModelView, r: ModelView) -> float:
     s = m.scorer
     rng = np.random.default_rng([s.cfg.seed, 0x31A])
-    return svc_mia_efficacy(true_class_confidence(m.retain, s.y_retain), true_class_confidence(m.test, s.data.y_test),
+    if not len(s.y_forget):
+        return float("nan")
+    return svc_mia_efficacy(true_class_confidence(m.retain, s.y_retain), true_class_confidence(m.test, s.y_test),
                             true_class_confidence(m.forget, s.y_forget), rng)
 
 
@@ -76,14 +93,37 @@ def mia_yeom(m: ModelView, r: ModelView) -> float:
     return yeom_member_rate(per_sample_loss(m.retain, s.y_retain), per_sample_loss(m.forget, s.y_forget))
 
 
+def mia_nn(m: ModelView, r: ModelView) -> float:
+    """MIA-NN (class requests): can an attacker tell forget-class train samples from forget-class test samples?
+
+    Features: the model's probabilities on the ``MIA_NN_NEIGHBOURS`` classes nearest to the
+    sample's class under the original model's class similarity, most similar first.
+    """
+    s = m.scorer
+    if s.similarity is None:
+        return float("nan")
+    members = np.isin(s.y_forget, s.forget_classes)
+
+    def features(logits: torch.Tensor, labels: np.ndarray) -> np.ndarray:
+        probs = torch.softmax(logits.double(), 1).numpy()
+        cols = np.stack([nearest_classes(s.similarity, int(c), MIA_NN_NEIGHBOURS) for c in labels]) if len(labels) \
+            else np.zeros((0, MIA_NN_NEIGHBOURS), dtype=np.int64)
+        return np.take_along_axis(probs, cols, 1)
+
+    rng = np.random.default_rng([s.cfg.seed, 0x313])
+    return neighbour_mia(features(m.forget[torch.from_numpy(members)], s.y_forget[members]),
+                         features(m.forget_test, s.y_forget_test), rng)
+
+
 def backdoor_asr(m: ModelView, r: ModelView) -> float:
     return float("nan") if m.attack is None else _acc(m.attack, m.scorer.data.y_attack)
 
 
 def weight_dist_to_retrain(m: ModelView, r: ModelView) -> float:
-    """‖w − w_retrain‖ / ‖w_retrain‖ over all parameters."""
-    diff = np.sqrt(sum(np.sum((a.astype(np.float64) - b) ** 2) for a, b in zip(m.weights, r.weights, strict=True)))
-    return float(diff / np.sqrt(sum(np.sum(b.astype(np.float64) ** 2) for b in r.weights)))
+    """‖w − w_retrain‖ / ‖w_retrain‖ over the network's parameters (an output filter is not a parameter)."""
+    n = m.scorer.num_arrays
+    diff = np.sqrt(sum(np.sum((a.astype(np.float64) - b) ** 2) for a, b in zip(m.weights[:n], r.weights[:n], strict=True)))
+    return float(diff / np.sqrt(sum(np.sum(b.astype(np.float64) ** 2) for b in r.weights[:n])))
 
 
 def pred_kl_to_retrain(m: ModelView, r: ModelView) -> float:
@@ -98,8 +138,11 @@ METRICS: dict[str, Callable[[ModelView, ModelView], float]] = {
     "retain_acc": retain_acc,
     "forget_acc": forget_acc,
     "unlearn_acc": unlearn_acc,
+    "forget_test_acc": forget_test_acc,
+    "kept_acc": kept_acc,
     "mia_efficacy": mia_efficacy,
     "mia_yeom": mia_yeom,
+    "mia_nn": mia_nn,
     "backdoor_asr": backdoor_asr,
     "weight_dist_to_retrain": weight_dist_to_retrain,
     "pred_kl_to_retrain": pred_kl_to_retrain,

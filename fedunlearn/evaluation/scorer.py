@@ -1,54 +1,122 @@
-"""Scorer: evaluates weight lists on the test set and on the retained and forgotten clients' data.
+"""Scorer: evaluates models on the test set and on the data the forget requests remove and keep.
 
 The simulator holds every partition, so it can measure what a real server could not (forget
-accuracy on the forgotten client's own train data); that is the point of a simulator.
+accuracy on the forgotten data itself); that is the point of a simulator. A model is a weight
+list, optionally with a server-side output filter appended (:mod:`fedunlearn.class_unlearning`):
+every evaluation reads the filtered output.
+
+The sets, for resolved requests (docs/methods.md, "Granularity" and "Metrics"):
+
+* forget set: every train sample some request removes; retain set: every other train sample;
+* kept set: what the holders of forget data keep (a samples request's client without its
+  forgotten samples; empty for client requests);
+* with class requests the test set is split in halves: the first calibrates (class similarity),
+  the second is scored, its forget classes apart (``forget_test``) from the rest (``test``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import torch
 
 from fedunlearn.arrays import Weights
-from fedunlearn.config import ExperimentConfig
+from fedunlearn.class_unlearning import (
+    calibration_split,
+    class_similarity,
+    filtered_logits,
+    split_filter,
+)
+from fedunlearn.config import ExperimentConfig, ForgetRequest
 from fedunlearn.data import FederatedData
+from fedunlearn.data.forget_sets import ForgetSets
 from fedunlearn.models import build_model
-from fedunlearn.training import evaluate, get_weights, set_weights
+from fedunlearn.training import get_weights, predict_logits, set_weights
+
+
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]], like: FederatedData) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return like.x_test[:0], like.y_test[:0]
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
 
 
 class Scorer:
-    """Accuracy and loss of weight lists on the federation's evaluation sets (one model, built once).
+    """Accuracy and loss of models on the federation's evaluation sets (one network, built once).
 
     Parameters
     ----------
     cfg, data
         The experiment and its federated data.
-    forgotten
-        Clients whose train data form the forget set (the others' form the retain set).
+    requests
+        The forget requests, resolved (client ids, not rules); none: only the test set is scored.
     """
 
-    def __init__(self, cfg: ExperimentConfig, data: FederatedData, forgotten: list[int] | None = None) -> None:
+    def __init__(self, cfg: ExperimentConfig, data: FederatedData, requests: Sequence[ForgetRequest] = ()) -> None:
         self.cfg, self.data = cfg, data
         self.model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
         self._initial = get_weights(self.model)  # the model is reused for evaluation: keep its init now
-        self.forgotten = sorted(forgotten or [])
-        if self.forgotten:
-            self.x_retain, self.y_retain = data.union([c for c in range(len(data.clients)) if c not in self.forgotten])
-            self.x_forget, self.y_forget = data.union(self.forgotten)
+        self.num_arrays = len(self._initial)
+        self.requests = list(requests)
+        self.forget_classes = sorted({c for r in self.requests for c in r.classes})
+        calib, scored = (calibration_split(len(data.y_test)) if self.forget_classes
+                         else (np.arange(0), np.arange(len(data.y_test))))
+        self.x_calib, self.y_calib = data.x_test[calib], data.y_test[calib]
+        in_forget = np.isin(data.y_test[scored], self.forget_classes)
+        self.x_test, self.y_test = data.x_test[scored[~in_forget]], data.y_test[scored[~in_forget]]
+        self.x_forget_test, self.y_forget_test = data.x_test[scored[in_forget]], data.y_test[scored[in_forget]]
+        sets = ForgetSets.of(data, self.requests, cfg.seed) if self.requests else None
+        forget, retain, kept = [], [], []
+        for pid, c in enumerate(data.clients):
+            removed = sets.removed[pid] if sets else np.zeros(0, dtype=np.int64)
+            rest = np.setdiff1d(np.arange(c.num_examples), removed)
+            forget.append((c.x_train[removed], c.y_train[removed]))
+            retain.append((c.x_train[rest], c.y_train[rest]))
+            if len(removed) and len(rest):
+                kept.append(retain[-1])
+        self.x_forget, self.y_forget = _concat(forget, data)
+        self.x_retain, self.y_retain = _concat(retain, data)
+        self.x_kept, self.y_kept = _concat(kept, data)
+        self.similarity: np.ndarray | None = None
+
+    @property
+    def forgotten(self) -> bool:
+        """Whether there is a forget set (a request)."""
+        return bool(self.requests)
 
     def initial_weights(self) -> Weights:
         """The seeded initial weights of the experiment's model (the training run's w_0)."""
         return [w.copy() for w in self._initial]
 
+    def logits(self, weights: Weights, x: np.ndarray) -> torch.Tensor:
+        """The model's logits on ``x`` (log of the filtered probabilities when it carries an output filter)."""
+        network, output_filter = split_filter(weights, self.num_arrays)
+        set_weights(self.model, network)
+        z = predict_logits(self.model, x)
+        return z if output_filter is None else filtered_logits(z, output_filter)
+
+    def probabilities(self, weights: Weights, x: np.ndarray) -> np.ndarray:
+        return torch.softmax(self.logits(weights, x).double(), 1).numpy()
+
     def on(self, weights: Weights, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        """(accuracy, loss) of ``weights`` on (x, y)."""
-        set_weights(self.model, weights)
-        return evaluate(self.model, x, y)
+        """(accuracy, loss) of ``weights`` on (x, y); NaN for an empty set."""
+        if len(y) == 0:
+            return float("nan"), float("nan")
+        z, yt = self.logits(weights, x), torch.from_numpy(y)
+        return float((z.argmax(1) == yt).float().mean()), float(torch.nn.functional.cross_entropy(z, yt))
+
+    def calibrate(self, original: Weights) -> None:
+        """Class similarity S under the original model, on the calibration half (class requests only)."""
+        if self.forget_classes:
+            probs = self.probabilities(original, self.x_calib)
+            self.similarity = class_similarity(probs, self.y_calib, self.data.num_classes)
 
     def test(self, weights: Weights) -> tuple[float, float]:
-        return self.on(weights, self.data.x_test, self.data.y_test)
+        """On the test set (with class requests: its scored half, forget classes left out)."""
+        return self.on(weights, self.x_test, self.y_test)
 
     def forget(self, weights: Weights) -> tuple[float, float]:
-        return self.on(weights, self.x_forget, self.y_forget) if self.forgotten else (float("nan"), float("nan"))
+        return self.on(weights, self.x_forget, self.y_forget)
 
     def backdoor_asr(self, weights: Weights) -> float:
         """Share of triggered non-target test images classified as the target (nan without a backdoor)."""
@@ -64,7 +132,9 @@ class Scorer:
                 "backdoor_asr": self.backdoor_asr(weights)}
 
     def summary_metrics(self, weights: Weights) -> dict[str, float]:
-        """Round metrics plus retain accuracy (the retained clients' train data)."""
+        """Round metrics plus retain accuracy, forget-class test accuracy and the holders' kept data accuracy."""
         out = self.round_metrics(weights)
         out["retain_acc"] = self.on(weights, self.x_retain, self.y_retain)[0] if self.forgotten else float("nan")
+        out["forget_test_acc"] = self.on(weights, self.x_forget_test, self.y_forget_test)[0]
+        out["kept_acc"] = self.on(weights, self.x_kept, self.y_kept)[0]
         return out

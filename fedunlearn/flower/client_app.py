@@ -3,7 +3,8 @@
 ``train`` messages run local SGD; ``train.<behaviour>`` messages run the behaviour registered under
 that name in :data:`fedunlearn.clients.BEHAVIOURS` (``train.ascent``: PGA's projected ascent).
 Everything a client needs to rebuild its data and model travels in the message's config (the
-``federation`` key, a JSON string) and is cached per process, so an actor builds its data and model
+``federation`` key, a JSON string) and is cached per process; the forget requests in effect travel
+as ``exclude`` (train on the rest) and ``only`` (train on their forget samples alone), so an actor builds its data and model
 once and only loads weights each round. A behaviour that raises answers with an error reply carrying
 the traceback, which the server counts and logs (one console line per round, the tracebacks in
 failures.log) instead of Flower printing each one.
@@ -21,7 +22,8 @@ from flwr.clientapp import ClientApp
 
 from fedunlearn.clients import BEHAVIOURS, ClientRequest
 from fedunlearn.config import DataConfig, ModelConfig
-from fedunlearn.data import federated_data
+from fedunlearn.data import ClientData, federated_data
+from fedunlearn.data.forget_sets import kept_indices, requests_from_json
 from fedunlearn.models import build_model
 from fedunlearn.settings import build
 from fedunlearn.training import get_weights, set_weights
@@ -48,6 +50,18 @@ def _partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
+def _local_data(client: ClientData, pid: int, config: dict) -> ClientData:
+    """The samples this round trains on: all but the ``exclude`` requests' (or only the ``only`` requests')."""
+    exclude = requests_from_json(str(config.get("exclude", "")))
+    only = requests_from_json(str(config.get("only", "")))
+    if not exclude and not only:
+        return client
+    kept = kept_indices(client.y_train, client.poisoned, pid, int(config["seed"]), exclude, only)
+    if len(kept) == 0:
+        raise ValueError(f"client {pid} has no sample left to train on after the forget requests")
+    return client.subset(kept)
+
+
 def _handler(behaviour_name: str):
     behaviour = BEHAVIOURS.factory(behaviour_name)
 
@@ -58,8 +72,9 @@ def _handler(behaviour_name: str):
         set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
         extra = {k: r.to_numpy_ndarrays() for k, r in msg.content.array_records.items() if k != "arrays"}
         request = ClientRequest(config, client_seed(int(config["seed"]), int(config["server-round"]), pid), extra)
-        result = behaviour(model, data.clients[pid], request)
-        metrics = MetricRecord({"num-examples": data.clients[pid].num_examples, "partition-id": pid,
+        mine = _local_data(data.clients[pid], pid, config)
+        result = behaviour(model, mine, request)
+        metrics = MetricRecord({"num-examples": mine.num_examples, "partition-id": pid,
                                 "train-loss": result.loss, "local-epochs": float(result.epochs)})
         return Message(RecordDict({"arrays": ArrayRecord(get_weights(model)), "metrics": metrics}), reply_to=msg)
 

@@ -43,5 +43,5 @@ def main(grid: Grid, context: Context) -> None:
         write_report(out, draw_all(out))
     else:
         cfg = for_seed(cfg)
-        scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forgotten_clients())
+        scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forget_requests())
         train_phase(fed, cfg, out, scorer)

@@ -51,14 +51,18 @@ SUMMARY_COLUMNS = ["strategy", "spec", "seed", "forgotten", "from_scratch", *MET
                    "rounds", "client_epochs", "bytes_exchanged", "wall_s", "notes"]
 
 
+AVERAGE_GAP = ("unlearn_acc", "mia_efficacy", "retain_acc", "test_acc")  # the centralized literature's
+
+
 def gap_columns(columns: list[str]) -> list[str]:
-    return [f"gap_{m}" for m in METRIC_COLUMNS if m in columns]
+    return ["avg_gap"] + [f"gap_{m}" for m in METRIC_COLUMNS if m in columns]
 
 
 def with_gaps(rows: list[dict]) -> list[dict]:
-    """Add ``gap_<metric>`` = |metric − the reference's metric| (same seed) to every row.
+    """Add ``gap_<metric>`` = |metric − the reference's metric| (same seed) to every row, and ``avg_gap``.
 
     The reference is the row of the strategy from scratch (``from_scratch``), retrain by default.
+    The Average Gap is the mean of the gaps in UA, MIA-efficacy, RA and TA (docs/methods.md, "Metrics").
     """
     reference = {}
     for r in rows:
@@ -70,6 +74,8 @@ def with_gaps(rows: list[dict]) -> list[dict]:
             value, base = r.get(m), ref.get(m)
             ok = isinstance(value, float) and isinstance(base, float) and not math.isnan(value) and not math.isnan(base)
             r[f"gap_{m}"] = abs(value - base) if ok else ""
+        parts = [r[f"gap_{m}"] for m in AVERAGE_GAP]
+        r["avg_gap"] = sum(parts) / len(parts) if all(isinstance(p, float) for p in parts) else ""
     return rows
 
 
@@ -99,12 +105,18 @@ def json_value(value):
 
 
 def check_original(cfg: ExperimentConfig, original: dict) -> None:
-    """Refuse to compare strategies on a model that holds nothing to forget."""
+    """Refuse to compare strategies on a model that holds nothing to forget (any request kind)."""
     f = cfg.forgetting
     if original["test_acc"] < f.min_original_test_acc:
         raise ConfigError(f"forgetting.min_original_test_acc: the original model reached test accuracy "
                           f"{original['test_acc']:.3f} < {f.min_original_test_acc} (seed {cfg.seed}), so it never "
                           "converged; train longer (train.rounds, train.lr) before comparing strategies")
+    if original["forget_acc"] < f.min_original_forget_acc:
+        what = "; ".join(r.describe() for r in cfg.forget_requests())
+        raise ConfigError(f"forgetting.min_original_forget_acc: the original model's accuracy on the data to forget "
+                          f"({what}) is {original['forget_acc']:.3f} < {f.min_original_forget_acc} (seed {cfg.seed}): "
+                          "it never learnt what must be forgotten, so no strategy can be told apart; train longer or "
+                          "forget data the model learnt")
     asr = original["backdoor_asr"]
     if asr == asr and asr < f.min_original_backdoor_asr:
         raise ConfigError(f"forgetting.min_original_backdoor_asr: the original model's backdoor attack success rate is "
@@ -185,11 +197,12 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpe
     """
     seed_dir = out / f"seed-{cfg.seed}"
     pieces = SeedPieces.of(cfg, specs, seed_dir)
-    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forgotten_clients())
+    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forget_requests())
     log(f"[seed {cfg.seed}] training {cfg.train.rounds} rounds")
     trained = train_phase(fed, cfg, pieces.train.path, scorer, resume=True, log=log)
     original = scorer.summary_metrics(trained.weights)
     check_original(cfg, original)
+    scorer.calibrate(trained.weights)  # class similarity under the original (MIA-NN)
     snapshot = load_snapshot(cfg, pieces.train.path, cfg.forget_requests()[0].round, scorer.initial_weights())
     seed_rows = [{"strategy": "original", "seed": cfg.seed, "from_scratch": False, **original}]
     models = {"original": trained.weights}
@@ -221,7 +234,7 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpe
         write_probes(seed_dir, results)
         for r in seed_rows:
             r.update(probe_columns(results, r["strategy"], reference.label))
-    forgotten = " ".join(str(c) for c in cfg.forgotten_clients())  # rules resolved on this seed's partition
+    forgotten = "; ".join(r.describe() for r in cfg.forget_requests())  # rules resolved on this seed's partition
     rows += [{**r, "forgotten": forgotten} for r in seed_rows]
     write_summary(out, rows)
 

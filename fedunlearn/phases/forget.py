@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
 from fedunlearn.arrays import Weights, all_finite
+from fedunlearn.class_unlearning import split_filter, with_filter
 from fedunlearn.config import (
     ConfigError,
     ExperimentConfig,
@@ -30,6 +31,7 @@ from fedunlearn.config import (
     validate_requests,
 )
 from fedunlearn.data import federated_data
+from fedunlearn.data.forget_sets import ForgetSets
 from fedunlearn.evaluation import Scorer
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
@@ -124,9 +126,14 @@ class Timeline:
 
     # -- the one round runner --------------------------------------------------------------
     def run_round(self, strategy: Strategy, weights: Weights, rnd: int, phase: str) -> Weights:
-        """One Flower round of ``strategy``, evaluated, counted and checked for NaN/Inf."""
-        arrays, _ = self.fed.train_round(strategy, ArrayRecord(weights), rnd, stage=self.spec.label)
-        new = arrays.to_numpy_ndarrays()
+        """One Flower round of ``strategy``, evaluated, counted and checked for NaN/Inf.
+
+        Clients train the network; a server-side output filter (docs/methods.md, "Class
+        unlearning") stays on the model across the round.
+        """
+        network, output_filter = split_filter(weights, self.scorer.num_arrays)
+        arrays, _ = self.fed.train_round(strategy, ArrayRecord(network), rnd, stage=self.spec.label)
+        new = with_filter(arrays.to_numpy_ndarrays(), output_filter)
         self.check_finite(new, f"round {rnd} ({phase})")
         rep, cost = strategy.report, self.outcome.cost
         cost.rounds += 1
@@ -146,11 +153,15 @@ class Timeline:
             raise UnlearningError(f"{self.spec.label}: {where} left NaN or Inf in the weights"
                                   + (f" at {size}; lower the step size" if size else ""))
 
-    def context(self, weights: Weights, clock: int, forgotten: list[int], gone: list[int]) -> UnlearningContext:
-        remaining = [c for c in range(self.cfg.data.num_clients) if c not in gone]
+    def context(self, weights: Weights, clock: int, request: ForgetRequest | None,
+                removed: list[ForgetRequest]) -> UnlearningContext:
+        """The context of serving ``request`` (None: regular rounds) once ``removed`` are gone."""
+        sets = ForgetSets.of(self.scorer.data, removed, self.cfg.seed)
+        holders = sets.holders[-1] if request is not None else []
         history = [(self.snapshot.history, self.snapshot.server_round), (self.store, 10**9)]
-        return UnlearningContext(self.cfg, self.fed.node_of, weights, clock, self.store, history, forgotten,
-                                 remaining, self.snapshot.init_weights, self.run_round, self.outcome.notes)
+        return UnlearningContext(self.cfg, self.fed.node_of, weights, clock, self.store, history, request, removed,
+                                 holders, sets.remaining_clients(self.scorer.data), self.snapshot.init_weights,
+                                 self.run_round, self.outcome.notes)
 
     # -- the phases of a timeline ----------------------------------------------------------
     def regular(self, ctx: UnlearningContext, weights: Weights, rounds: int) -> Weights:
@@ -176,20 +187,20 @@ class Timeline:
         t0 = time.perf_counter()
         requests, snap = self.cfg.forget_requests(), self.snapshot
         if self.spec.from_scratch:
-            forgotten = self.cfg.forgotten_clients()
-            weights = self.unlearner.unlearn(self.context(snap.init_weights, 0, forgotten, forgotten))
+            weights = self.unlearner.unlearn(self.context(snap.init_weights, 0, None, requests))
         else:
-            weights, clock, gone, regular = snap.weights, snap.server_round, [], snap.server_round
+            weights, clock, removed, regular = snap.weights, snap.server_round, [], snap.server_round
             for req in requests:
-                before = self.context(weights, clock, [], gone)
+                before = self.context(weights, clock, None, removed)
                 weights = self.regular(before, weights, req.round - regular)
-                ctx = self.context(weights, before.clock, req.clients, gone + req.clients)
+                ctx = self.context(weights, before.clock, req, removed + [req])
                 weights = self.unlearner.unlearn(ctx)
                 self.check_finite(weights, "the unlearning step")
                 if self.unlearner.recovers:
                     weights = self.recover(ctx, weights)
-                clock, gone, regular = ctx.clock, gone + req.clients, req.round
-            weights = self.regular(self.context(weights, clock, [], gone), weights, self.cfg.train.rounds - regular)
+                clock, removed, regular = ctx.clock, removed + [req], req.round
+            weights = self.regular(self.context(weights, clock, None, removed), weights,
+                                   self.cfg.train.rounds - regular)
         self.outcome.weights = weights
         self.outcome.cost.wall_s = time.perf_counter() - t0
         return self.outcome
@@ -230,7 +241,7 @@ class ForgetJob:
                 {**outcome.row(), "seed": seed, **self.scorer.summary_metrics(outcome.weights)}]
 
 
-def prepare_forget(run_dir: str | Path, clients: list[int], strategy: str, recovery_rounds: int | None,
+def prepare_forget(run_dir: str | Path, request: ForgetRequest, strategy: str, recovery_rounds: int | None,
                    overrides: list[str]) -> ForgetJob:
     """Check a forget request against a trained run and build what its timeline starts from.
 
@@ -243,8 +254,8 @@ def prepare_forget(run_dir: str | Path, clients: list[int], strategy: str, recov
         raise ConfigError(f"--set {bad[0]}: forget only takes forgetting.* overrides; the federation is the trained run's")
     cfg = load_config(run.config, overrides)
     weights, last_round = run.load_checkpoint()
-    request = ForgetRequest(sorted(clients), last_round)
-    validate_requests([request], cfg.data.num_clients, last_round, "--client")
+    request = dataclasses.replace(request, round=last_round)
+    validate_requests([request], cfg.data.num_clients, last_round, f"--{request.kind}")
     if recovery_rounds is not None and recovery_rounds < 0:
         raise ConfigError("--recovery-rounds: must be >= 0")
     forgetting = dataclasses.replace(cfg.forgetting, strategies=[strategy], recovery="fixed",
@@ -257,7 +268,7 @@ def prepare_forget(run_dir: str | Path, clients: list[int], strategy: str, recov
     except ConfigError as err:
         raise ConfigError(str(err).replace("forgetting.strategies:", "--strategy:", 1)
                           .replace("set store.history = true", "train with --set store.history=true")) from None
-    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), request.clients)
+    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), [request])
     store = PseudoGradientStore.load(run.store, int(cfg.store.ram_budget_mb * 2**20))
     snapshot = Snapshot(weights, last_round, store, store, scorer.initial_weights())
     return ForgetJob(cfg, spec, snapshot, scorer)

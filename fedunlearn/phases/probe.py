@@ -17,6 +17,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord
 
 from fedunlearn.arrays import Weights
+from fedunlearn.class_unlearning import split_filter
 from fedunlearn.config import (
     ConfigError,
     ExperimentConfig,
@@ -100,8 +101,13 @@ class ProbeCache:
 def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, original: Weights,
                  models: dict[str, Weights], log=print, cache: ProbeCache | None = None
                  ) -> dict[str, dict[str, ProbeResult]]:
-    """Probe every model in every configured mode: {mode: {name: result}}; ``cache`` keeps finished ones."""
+    """Probe every model in every configured mode: {mode: {name: result}}; ``cache`` keeps finished ones.
+
+    A model with a server-side output filter is probed as its network: relearning trains the
+    network, and the filter would hide the forget classes however much of them came back.
+    """
     metric = cfg.probe_metric()
+    models = {name: split_filter(w, scorer.num_arrays)[0] for name, w in models.items()}
     tau = threshold(metric, metric_value(scorer, original, metric), cfg.probe.alpha)
     results: dict[str, dict[str, ProbeResult]] = {}
     for mode in cfg.probe.modes:
@@ -142,13 +148,13 @@ class ProbeJob:
         return probe_models(fed, self.cfg, self.scorer, self.original, self.models, log=log)
 
 
-def prepare_probe(run_dir: str | Path, clients: list[int], metric: str, mode: str, max_rounds: int | None,
+def prepare_probe(run_dir: str | Path, request: ForgetRequest, metric: str, mode: str, max_rounds: int | None,
                   model_dirs: list[str]) -> ProbeJob:
     """Check a probe request against a trained run; the original is that run's model."""
     run = RunDir.trained(run_dir)
     cfg = load_config(run.config)
-    request = ForgetRequest(sorted(clients), 1)
-    validate_requests([request], cfg.data.num_clients, 1, "--client")
+    request = dataclasses.replace(request, round=1)
+    validate_requests([request], cfg.data.num_clients, 1, f"--{request.kind}")
     probe = dataclasses.replace(cfg.probe, metric=metric, modes=[mode], max_rounds=max_rounds or cfg.probe.max_rounds)
     raw = config_to_dict(dataclasses.replace(cfg, probe=probe, forget=[request]))
     try:
@@ -163,4 +169,4 @@ def prepare_probe(run_dir: str | Path, clients: list[int], metric: str, mode: st
             raise ConfigError(f"--model: {path} holds no checkpoint/global.npz; pass a strategy folder "
                               "(e.g. RUN/forget-puf/strategies/puf) or a training run")
         models[Path(path).name], _ = model.load_checkpoint()
-    return ProbeJob(cfg, Scorer(cfg, federated_data(cfg.data, cfg.seed), request.clients), original, models)
+    return ProbeJob(cfg, Scorer(cfg, federated_data(cfg.data, cfg.seed), [request]), original, models)

@@ -5,7 +5,8 @@
 * ``relearning_curves.png``: the probe's forget metric per probe round (or step), with the threshold;
 
 both draw every seed (thin lines) and their mean (thick), and say so in their titles;
-* ``gaps_to_retrain.png``: |metric − retrain's| per metric and strategy, mean over seeds ± std;
+* ``gaps_to_retrain.png``: |metric − retrain's| per metric and strategy, and the Average Gap, mean
+  over seeds ± std;
 * ``cost_vs_quality.png``: client-epochs against the forgetting gap, one point per strategy.
 """
 
@@ -24,7 +25,9 @@ import numpy as np  # noqa: E402
 from fedunlearn.report.report import read_summary  # noqa: E402
 from fedunlearn.results import read_csv  # noqa: E402
 
-GAP_METRICS = ["test_acc", "retain_acc", "forget_acc", "mia_efficacy", "mia_yeom", "backdoor_asr"]
+GAP_METRICS = ["test_acc", "retain_acc", "forget_acc", "forget_test_acc", "kept_acc", "mia_efficacy", "mia_yeom",
+               "mia_nn", "backdoor_asr"]
+AVERAGE_GAP = ("Average Gap", "avg_gap")  # mean |gap| of UA, MIA-efficacy, RA and TA
 
 
 def _f(value: str) -> float:
@@ -153,20 +156,22 @@ def relearning_curves(out: Path, seed_dirs: list[Path], rows: list[dict]) -> Pat
 
 
 def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[str]) -> Path:
-    metrics = [m for m in GAP_METRICS if any(not math.isnan(_f(r.get(f"gap_{m}"))) for r in rows)]
+    bars = [(m, f"gap_{m}") for m in GAP_METRICS] + [AVERAGE_GAP]
+    bars = [(label, col) for label, col in bars if any(not math.isnan(_f(r.get(col))) for r in rows)]
     shown = ["original"] + [n for n in names if n not in scratch]
     colors = _colors(["original"] + names)
     fig, ax = plt.subplots(figsize=(11, 4.5))
     width = 0.8 / len(shown)
     for i, name in enumerate(shown):
         means, stds = [], []
-        for m in metrics:
-            vals = [_f(r[f"gap_{m}"]) for r in rows if r["strategy"] == name and not math.isnan(_f(r[f"gap_{m}"]))]
+        for _, col in bars:
+            vals = [_f(r.get(col)) for r in rows if r["strategy"] == name and not math.isnan(_f(r.get(col)))]
             means.append(np.mean(vals) if vals else np.nan)
             stds.append(np.std(vals) if len(vals) > 1 else 0.0)
-        ax.bar(np.arange(len(metrics)) + i * width, means, width, yerr=stds, capsize=3, color=colors[name], label=name)
+        ax.bar(np.arange(len(bars)) + i * width, means, width, yerr=stds, capsize=3, color=colors[name], label=name)
     seeds = len({r["seed"] for r in rows})
-    ax.set_xticks(np.arange(len(metrics)) + width * (len(shown) - 1) / 2, metrics)
+    ax.set_xticks(np.arange(len(bars)) + width * (len(shown) - 1) / 2, [label for label, _ in bars],
+                  rotation=20, ha="right")
     ax.set_ylabel("|metric - retrain's metric| (fraction)")
     ax.set_xlabel("metric")
     ax.set_title(f"Gap to the retrained model per metric (lower is closer to exact unlearning; "

@@ -14,8 +14,8 @@ from fedunlearn.report.table import markdown_table
 from fedunlearn.results import read_csv
 from fedunlearn.settings import ConfigError
 
-TABLE = ["test_acc", "retain_acc", "forget_acc", "mia_efficacy", "backdoor_asr", "weight_dist_to_retrain",
-         "pred_kl_to_retrain", "recovery_rounds", "relearn_delay", "relearn_ratio_to_retrain", "relearn_auc",
+TABLE = ["test_acc", "retain_acc", "forget_acc", "forget_test_acc", "kept_acc", "mia_efficacy", "mia_nn",
+         "backdoor_asr", "avg_gap", "weight_dist_to_retrain", "pred_kl_to_retrain", "recovery_rounds", "relearn_delay", "relearn_ratio_to_retrain", "relearn_auc",
          "client_epochs", "wall_s"]
 
 

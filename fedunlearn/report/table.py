@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 
-DEFAULT_COLUMNS = ["test_acc", "forget_acc", "backdoor_asr", "mia_efficacy", "recovery_rounds", "relearn_delay",
-                   "relearn_ratio_to_retrain", "client_epochs"]
+DEFAULT_COLUMNS = ["test_acc", "forget_acc", "forget_test_acc", "kept_acc", "backdoor_asr", "mia_efficacy", "mia_nn",
+                   "avg_gap", "recovery_rounds", "relearn_delay", "relearn_ratio_to_retrain", "client_epochs"]
 
 
 def format_value(value) -> str:

@@ -33,9 +33,11 @@ from fedunlearn.strategies.fedavg import (
 from fedunlearn.strategies.federaser import FedEraser
 from fedunlearn.strategies.ieu import IEU
 from fedunlearn.strategies.natural import Natural
+from fedunlearn.strategies.output_filter import OutputFilter
 from fedunlearn.strategies.pga import PGA
 from fedunlearn.strategies.puf import PUF
 from fedunlearn.strategies.retrain import Retrain
+from fedunlearn.strategies.trw import TRW
 
 STRATEGIES: Registry = Registry("strategy", "forgetting.strategies")
 STRATEGIES.register("retrain", Retrain)
@@ -43,6 +45,8 @@ STRATEGIES.register("natural", Natural)
 STRATEGIES.register("puf", PUF)
 STRATEGIES.register("pga", PGA)
 STRATEGIES.register("federaser", FedEraser)
+STRATEGIES.register("output-filter", OutputFilter)
+STRATEGIES.register("trw", TRW)
 STRATEGIES.alias("puf-ieu", "puf+ieu")
 
 WRAPPERS: Registry = Registry("wrapper", "forgetting.strategies")
@@ -186,6 +190,13 @@ def resolve_strategies(cfg: ExperimentConfig) -> list[StrategySpec]:
         specs.insert(0, strategy_spec(REFERENCE, f))
     check_tables(f.settings, [p for s in specs for p in s.parts], [STRATEGIES, WRAPPERS], "forgetting.")
     specs.sort(key=lambda s: not s.from_scratch)
+    for spec in specs:  # before any training: a pair that cannot run is refused now
+        unlearner = spec.build()
+        for i, request in enumerate(cfg.forget_requests()):
+            why = unlearner.serves(request.kind)
+            if why:
+                raise ConfigError(f"forgetting.strategies: {spec.label} {why}, and forget[{i}] is a {request.kind} "
+                                  f"request ({request.describe()}); remove {spec.label} from the list or the request")
     needs = [s.label for s in specs if s.needs_history]
     if needs and not cfg.store.history:
         raise ConfigError(f"forgetting.strategies: {', '.join(needs)} needs the pseudo-gradient history; "

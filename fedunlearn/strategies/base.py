@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedunlearn.arrays import Weights
-from fedunlearn.config import ExperimentConfig
+from fedunlearn.config import REQUEST_KINDS, ExperimentConfig, ForgetRequest
 from fedunlearn.store import PseudoGradient, PseudoGradientStore
 from fedunlearn.strategies.fedavg import RecordingFedAvg
 
@@ -45,10 +45,15 @@ class UnlearningContext:
     history
         (store, last round) pairs whose history covers this timeline's past rounds; rounds after a
         store's last round belong to another timeline and are not used (FedEraser).
+    request
+        The forget request being served (None for rounds outside a request, and from scratch).
+    removed
+        Every request whose data is gone once this one is served (the earlier ones and this one):
+        clients train without their samples.
     forgotten
-        This request's clients.
+        The clients holding this request's forget data (for a client request: its clients).
     remaining
-        The clients left in the federation after it.
+        The clients with data left in the federation after it.
     init_weights
         The initial global model of the training run.
     run_round
@@ -63,6 +68,8 @@ class UnlearningContext:
     clock: int
     store: PseudoGradientStore
     history: Sequence[tuple[PseudoGradientStore, int]]
+    request: ForgetRequest | None
+    removed: list[ForgetRequest]
     forgotten: list[int]
     remaining: list[int]
     init_weights: Weights
@@ -77,7 +84,17 @@ class UnlearningContext:
     def fedavg(self, participants: Sequence[int] | None = None) -> RecordingFedAvg:
         """Plain FedAvg with the experiment's recipe over ``participants`` (default: the remaining)."""
         return RecordingFedAvg.from_config(self.cfg, self.store, self.node_of,
-                                           self.remaining if participants is None else participants)
+                                           self.remaining if participants is None else participants, self.removed)
+
+    @property
+    def kind(self) -> str:
+        """The kind of the request being served (``client``, ``samples``, ``class``)."""
+        return self.request.kind if self.request is not None else "client"
+
+    @property
+    def earlier(self) -> list[ForgetRequest]:
+        """The requests served before this one (their data is already gone)."""
+        return [r for r in self.removed if r is not self.request]
 
     def history_rounds(self, partition_id: int) -> list[int]:
         """Every round with a stored pseudo-gradient of ``partition_id``, over all history stores."""
@@ -97,7 +114,8 @@ class Unlearner:
     unlearning step), ``from_scratch`` (it ignores the pre-forget model and the request timeline:
     the exact reference every metric is scored against, e.g. retrain), ``needs_history`` (it
     reads past rounds' pseudo-gradients), ``step_settings`` (the settings that scale its step,
-    named when a step leaves NaN or Inf in the weights).
+    named when a step leaves NaN or Inf in the weights), ``kinds`` (the request kinds it serves;
+    an experiment with another kind is refused before any training).
 
     Parameters
     ----------
@@ -110,9 +128,14 @@ class Unlearner:
     from_scratch = False
     needs_history = False
     step_settings: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = REQUEST_KINDS
 
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings
+
+    def serves(self, kind: str) -> str:
+        """Why this unlearner cannot serve a request of ``kind`` ("" when it can)."""
+        return "" if kind in self.kinds else f"serves {', '.join(self.kinds)} requests only"
 
     def step_size(self) -> dict[str, Any]:
         """The settings that scale the unlearning step, by name, with their values."""
@@ -140,6 +163,9 @@ class UnlearnerWrapper(Unlearner):
 
     def step_size(self) -> dict[str, Any]:
         return {**self.inner.step_size(), **super().step_size()}
+
+    def serves(self, kind: str) -> str:
+        return self.inner.serves(kind) or super().serves(kind)
 
     def unlearn(self, ctx: UnlearningContext) -> Weights:
         return self.inner.unlearn(ctx)

@@ -12,8 +12,10 @@ Differences from :class:`flwr.serverapp.strategy.FedAvg`, each for a reason:
   stops the run with :class:`TooFewClientsError`.
 
 Subclasses change one thing: :attr:`behaviour` (the client behaviour asked for, sent as the Flower
-message type ``train.<behaviour>``), :meth:`client_config` (settings a client is sent) or
-:meth:`combine` (how the round's pseudo-gradients move the global weights).
+message type ``train.<behaviour>``), :meth:`tasks` (which clients train, and on what: a regular
+update on the data that remains, or one on a forget request's samples alone), :meth:`client_config`
+(settings a client is sent) or :meth:`combine` (how the round's pseudo-gradients move the global
+weights).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedunlearn.arrays import Weights, weighted_step
-from fedunlearn.config import ExperimentConfig, config_to_dict
+from fedunlearn.config import ExperimentConfig, ForgetRequest, config_to_dict
+from fedunlearn.data.forget_sets import requests_json
 from fedunlearn.flower.runtime import error_summary
 from fedunlearn.store import PseudoGradientStore
 
@@ -37,14 +40,18 @@ class TooFewClientsError(RuntimeError):
     """A round returned fewer successful replies than the configured minimum."""
 
 
+REGULAR, FORGET = "", "forget"  # the roles of a client's update: on what remains, on forget samples alone
+
+
 @dataclass
 class ClientUpdate:
-    """One successful reply, as the aggregation sees it."""
+    """One successful reply, as the aggregation sees it (``role``: :data:`REGULAR` or :data:`FORGET`)."""
 
     partition_id: int
     num_examples: int
     delta: Weights
     metrics: dict
+    role: str = REGULAR
 
 
 @dataclass
@@ -75,6 +82,8 @@ class RecordingFedAvg(FedAvg):
         Seeds client sampling (per round) and the clients' local runs.
     base_config
         Sent to every client each round (the federation spec and the local recipe).
+    exclude
+        Forget requests in effect: every client trains on its data without their samples.
     fraction_train, min_train_nodes
         As in FedAvg; ``min_train_nodes = 0`` requires every sampled client to succeed.
     server_lr
@@ -85,7 +94,7 @@ class RecordingFedAvg(FedAvg):
 
     def __init__(self, store: PseudoGradientStore, node_of: dict[int, int], participants: Sequence[int],
                  seed: int, base_config: dict, fraction_train: float = 1.0, min_train_nodes: int = 0,
-                 server_lr: float = 1.0) -> None:
+                 server_lr: float = 1.0, exclude: Sequence[ForgetRequest] = ()) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=0.0, min_train_nodes=min_train_nodes,
                          min_available_nodes=len(node_of))
         self.store = store
@@ -94,9 +103,13 @@ class RecordingFedAvg(FedAvg):
         self.participants = sorted(participants)
         self.seed = seed
         self.base_config = dict(base_config)
+        self.exclude = list(exclude)
+        if self.exclude:
+            self.base_config["exclude"] = requests_json(self.exclude)
         self.server_lr = server_lr
         self.report = RoundReport()
         self._global: Weights = []
+        self._sent: list[tuple[Message, str]] = []
 
     # -- which clients, asked to do what ---------------------------------------------------
     def sample(self, server_round: int) -> list[int]:
@@ -107,24 +120,34 @@ class RecordingFedAvg(FedAvg):
         rng = np.random.default_rng([self.seed, server_round])
         return sorted(int(p) for p in rng.choice(self.participants, size=k, replace=False))
 
-    def client_config(self, partition_id: int, config: ConfigRecord) -> ConfigRecord:
+    def tasks(self, server_round: int) -> list[tuple[int, str]]:
+        """(partition id, role) of every update asked for this round: a regular one per sampled client."""
+        return [(pid, REGULAR) for pid in self.sample(server_round)]
+
+    def client_config(self, partition_id: int, config: ConfigRecord, role: str = REGULAR) -> ConfigRecord:
         """The config one client receives; subclasses ask particular clients for other behaviours."""
         return config
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """One train message per sampled partition; remembers the global weights sent."""
+        """One train message per task; remembers the global weights sent and which message asked what."""
         self._global = arrays.to_numpy_ndarrays()
-        sampled = self.sample(server_round)
-        self.report = RoundReport(server_round=server_round, sampled=sampled)
+        tasks = self.tasks(server_round)
+        self.report = RoundReport(server_round=server_round, sampled=[pid for pid, _ in tasks])
         base = ConfigRecord({**self.base_config, **dict(config), "server-round": server_round, "seed": self.seed})
         message_type = f"{MessageType.TRAIN}.{self.behaviour}" if self.behaviour else MessageType.TRAIN
-        messages = []
-        for pid in sampled:
+        self._sent = []
+        for pid, role in tasks:
             content = RecordDict({self.arrayrecord_key: arrays,
-                                  self.configrecord_key: self.client_config(pid, ConfigRecord(dict(base)))})
-            messages.append(Message(content=content, message_type=message_type, dst_node_id=self.node_of[pid]))
-        return messages
+                                  self.configrecord_key: self.client_config(pid, ConfigRecord(dict(base)), role)})
+            self._sent.append((Message(content=content, message_type=message_type, dst_node_id=self.node_of[pid]),
+                               role))
+        return [m for m, _ in self._sent]
+
+    def _role(self, reply: Message) -> str:
+        """The role of the task a reply answers (the grid has set the ids of the messages sent)."""
+        return next((role for m, role in self._sent if m.metadata.message_id
+                     and m.metadata.message_id == reply.metadata.reply_to_message_id), REGULAR)
 
     # -- what to do with the replies -------------------------------------------------------
     def collect(self, server_round: int, replies: Iterable[Message]) -> list[ClientUpdate]:
@@ -149,10 +172,12 @@ class RecordingFedAvg(FedAvg):
             metrics = dict(next(iter(msg.content.metric_records.values())))
             weights = msg.content[self.arrayrecord_key].to_numpy_ndarrays()
             delta = [w - g for w, g in zip(weights, self._global, strict=True)]
-            updates.append(ClientUpdate(int(metrics["partition-id"]), int(metrics["num-examples"]), delta, metrics))
-        updates.sort(key=lambda u: u.partition_id)
+            updates.append(ClientUpdate(int(metrics["partition-id"]), int(metrics["num-examples"]), delta, metrics,
+                                        self._role(msg)))
+        updates.sort(key=lambda u: (u.partition_id, u.role))
         for u in updates:
-            self.store.record(u.partition_id, server_round, u.num_examples, u.delta)
+            if u.role == REGULAR:  # the store keeps each client's regular updates
+                self.store.record(u.partition_id, server_round, u.num_examples, u.delta)
         model_bytes = sum(g.nbytes for g in self._global)
         self.report.succeeded = [u.partition_id for u in updates]
         self.report.client_epochs = float(sum(u.metrics.get("local-epochs", 0.0) for u in updates))
@@ -173,11 +198,11 @@ class RecordingFedAvg(FedAvg):
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, store: PseudoGradientStore, node_of: dict[int, int],
-                    participants: Sequence[int], **kwargs) -> RecordingFedAvg:
+                    participants: Sequence[int], exclude: Sequence[ForgetRequest] = (), **kwargs) -> RecordingFedAvg:
         """The experiment's FedAvg recipe over ``participants`` (extra kwargs go to subclasses)."""
         t = cfg.train
         return cls(store, node_of, participants, cfg.seed, local_recipe(cfg), t.fraction_train, t.min_train_clients,
-                   t.server_lr, **kwargs)
+                   t.server_lr, exclude, **kwargs)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:

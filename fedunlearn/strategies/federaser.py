@@ -23,7 +23,7 @@ from fedunlearn.arrays import Weights, weighted_step
 from fedunlearn.settings import require
 from fedunlearn.store import PseudoGradient
 from fedunlearn.strategies.base import Unlearner, UnlearningContext, UnlearningError
-from fedunlearn.strategies.fedavg import ClientUpdate, RecordingFedAvg
+from fedunlearn.strategies.fedavg import REGULAR, ClientUpdate, RecordingFedAvg
 
 
 @dataclass
@@ -62,7 +62,7 @@ class FedEraserCalibration(RecordingFedAvg):
     def sample(self, server_round: int) -> list[int]:
         return sorted(self.old_updates)
 
-    def client_config(self, partition_id: int, config: ConfigRecord) -> ConfigRecord:
+    def client_config(self, partition_id: int, config: ConfigRecord, role: str = REGULAR) -> ConfigRecord:
         config["local-epochs"] = self.calibration_epochs
         return config
 
@@ -79,6 +79,7 @@ class FedEraser(Unlearner):
     Settings = FedEraserSettings
     needs_history = True
     step_settings = ("calibration_ratio",)
+    kinds = ("client",)  # the history holds whole clients' updates: nothing to replay without some samples
 
     def unlearn(self, ctx: UnlearningContext) -> Weights:
         rounds = sorted({r for p in ctx.remaining for r in ctx.history_rounds(p)})[::self.settings.interval]

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedunlearn.arrays import Weights
+from fedunlearn.class_unlearning import split_filter, with_filter
 from fedunlearn.settings import require
 from fedunlearn.strategies.base import UnlearnerWrapper, UnlearningContext
 from fedunlearn.strategies.fedavg import RecordingFedAvg
@@ -95,9 +96,9 @@ class IEU(UnlearnerWrapper):
 
     def unlearn(self, ctx: UnlearningContext) -> Weights:
         f = self.settings
-        weights = self.inner.unlearn(ctx)
+        network, output_filter = split_filter(self.inner.unlearn(ctx), len(ctx.init_weights))
         ctx.notes["ieu"] = f"decay {f.decay}, noise {f.noise}, rounds {f.rounds}"
-        return ieu_perturb(weights, f.decay, f.noise, ieu_rng(ctx.cfg.seed, ctx.clock))
+        return with_filter(ieu_perturb(network, f.decay, f.noise, ieu_rng(ctx.cfg.seed, ctx.clock)), output_filter)
 
     def recovery_strategy(self, ctx: UnlearningContext, recovery_round: int):
         strategy = self.inner.recovery_strategy(ctx, recovery_round)

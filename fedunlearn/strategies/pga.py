@@ -9,6 +9,11 @@
    result is the new global model. Several targets ascend one after the other, each projected
    around the same w_ref. Recovery rounds follow.
 
+For samples and class requests (docs/methods.md, "Granularity") there is no client to average
+out: w_ref = w_t, and every holder of forget data ascends on its forget samples alone from w_t in
+one round, projected into the ball around w_t (the early stop measures the distance from w_t);
+the new global model is the holders' models averaged by their forget-set sizes.
+
 Settings ``[forgetting.pga]``: the ascent's ``lr``, ``momentum``, ``clip``, ``epochs``,
 ``distance_threshold`` and ``radius_inits``.
 """
@@ -22,12 +27,14 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from fedunlearn.arrays import Weights, apply_updates, l2_sq
+from fedunlearn.arrays import Weights, apply_updates, l2_sq, weighted_step
+from fedunlearn.config import ForgetRequest
 from fedunlearn.data import federated_data
+from fedunlearn.data.forget_sets import requests_json
 from fedunlearn.models import build_model
 from fedunlearn.settings import require
 from fedunlearn.strategies.base import Unlearner, UnlearningContext, UnlearningError
-from fedunlearn.strategies.fedavg import ClientUpdate, RecordingFedAvg
+from fedunlearn.strategies.fedavg import FORGET, REGULAR, ClientUpdate, RecordingFedAvg
 from fedunlearn.training import get_weights
 
 
@@ -52,19 +59,22 @@ class PGASettings:
 
 
 class PGARound(RecordingFedAvg):
-    """One round in which only ``target`` trains, with the ascent behaviour, from w_ref."""
+    """One round in which only ``targets`` train, with the ascent behaviour on their forget samples, from w_ref."""
 
     behaviour = "ascent"
 
-    def __init__(self, *args, target: int, target_model: Weights, radius: float, pga: dict, **kwargs) -> None:
+    def __init__(self, *args, targets: list[int], target_model: Weights, radius: float, pga: dict,
+                 request: ForgetRequest, earlier: list[ForgetRequest], **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.target, self.target_model, self.radius, self.pga = target, target_model, radius, pga
+        self.targets, self.target_model, self.radius, self.pga = targets, target_model, radius, pga
+        self.request, self.earlier = request, earlier
 
-    def sample(self, server_round: int) -> list[int]:
-        return [self.target]
+    def tasks(self, server_round: int) -> list[tuple[int, str]]:
+        return [(t, FORGET) for t in self.targets]
 
-    def client_config(self, partition_id: int, config: ConfigRecord) -> ConfigRecord:
-        config.update({"pga-radius": self.radius, **self.pga})
+    def client_config(self, partition_id: int, config: ConfigRecord, role: str = REGULAR) -> ConfigRecord:
+        config.update({"pga-radius": self.radius, **self.pga, "only": requests_json([self.request]),
+                       "exclude": requests_json(self.earlier)})
         return config
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -75,7 +85,8 @@ class PGARound(RecordingFedAvg):
         return messages
 
     def combine(self, server_round: int, global_weights: Weights, updates: list[ClientUpdate]) -> Weights:
-        return apply_updates(global_weights, [(1.0, u.delta) for u in updates])  # the target's model
+        """The targets' models averaged by their forget-set sizes (one target: its model)."""
+        return weighted_step(global_weights, [(u.num_examples, u.delta) for u in updates], 1.0)
 
 
 def reference_model(ctx: UnlearningContext) -> tuple[Weights, dict[int, Weights]]:
@@ -110,14 +121,20 @@ class PGA(Unlearner):
 
     def unlearn(self, ctx: UnlearningContext) -> Weights:
         f = self.settings
-        w_ref, targets = reference_model(ctx)
+        if ctx.kind == "client":
+            w_ref, targets = reference_model(ctx)
+            rounds = [([u], w_u) for u, w_u in targets.items()]
+        else:  # nobody leaves: ascend from the current model, all holders at once
+            w_ref = ctx.weights
+            rounds = [(ctx.forgotten, ctx.weights)]
         radius = self.radius(ctx, w_ref)
         pga = {"pga-lr": f.lr, "pga-momentum": f.momentum, "pga-clip": f.clip,
                "pga-epochs": f.epochs, "pga-distance-threshold": f.distance_threshold}
         weights = w_ref
-        for u, w_u in targets.items():
-            strategy = PGARound.from_config(ctx.cfg, ctx.store, ctx.node_of, [u], target=u, target_model=w_u,
-                                            radius=radius, pga=pga)
+        for targets_of_round, target_model in rounds:
+            strategy = PGARound.from_config(ctx.cfg, ctx.store, ctx.node_of, targets_of_round, targets=targets_of_round,
+                                            target_model=target_model, radius=radius, pga=pga, request=ctx.request,
+                                            earlier=ctx.earlier)
             weights = ctx.next_round(strategy, weights, "unlearn")
         ctx.notes["pga_radius"] = f"{radius:.4f}"
         return weights

@@ -8,9 +8,19 @@ In the unlearning round the target u trains normally from w_t and sends Δ_u; th
 * special (only the targets train), N_U = Σ_{u∈U} n_u:
   w_{t+1} = w_t − η_u Σ_{u∈U} (n_u/N_U) Δ_u                                   (authors' η_u = 2)
 
+Generalised to samples and classes (docs/methods.md, "Granularity"): the holders k of forget data
+F_k train from w_t on F_k alone and send Δ_k^F; everyone (the holders too) sends the regular Δ_k^R
+on what remains, and n_u above becomes |F_k|:
+
+* regular: w_{t+1} = w_t + Σ_{k∈S} (n_k^R/N) Δ_k^R − η_u Σ_k (|F_k|/N) Δ_k^F, N every count used;
+* special: w_{t+1} = w_t − η_u Σ_k (|F_k|/N_F) Δ_k^F.
+
+For a client request F_k is all of k's data and k has nothing left: exactly the formulas above.
+
 Settings ``[forgetting.puf]``: ``eta`` (η_u), ``mode`` and ``offline``.
-Offline targets (this project's extension): with ``offline = true`` the targets are not asked to
-train; their latest stored Δ is used instead, and the results say which round it came from.
+Offline targets (this project's extension, client requests only): with ``offline = true`` the
+targets are not asked to train; their latest stored Δ is used instead, and the results say which
+round it came from.
 """
 
 from __future__ import annotations
@@ -18,10 +28,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from flwr.app import ConfigRecord
+
 from fedunlearn.arrays import Weights, apply_updates
+from fedunlearn.config import ForgetRequest
+from fedunlearn.data.forget_sets import requests_json
 from fedunlearn.settings import require
 from fedunlearn.strategies.base import Unlearner, UnlearningContext
-from fedunlearn.strategies.fedavg import ClientUpdate, RecordingFedAvg
+from fedunlearn.strategies.fedavg import FORGET, REGULAR, ClientUpdate, RecordingFedAvg
 
 
 @dataclass
@@ -43,7 +57,10 @@ class PUFRound(RecordingFedAvg):
     Parameters
     ----------
     targets
-        Partition ids to forget.
+        Partition ids holding the forget data.
+    request, earlier
+        The request served (targets train on its forget samples alone) and those served before it
+        (their samples are gone for everyone).
     eta
         η_u, the scale of the negated pseudo-gradients.
     mode
@@ -52,21 +69,30 @@ class PUFRound(RecordingFedAvg):
         Use the targets' latest stored Δ instead of asking them to train.
     """
 
-    def __init__(self, *args, targets: Sequence[int], eta: float, mode: str, offline: bool, **kwargs) -> None:
+    def __init__(self, *args, targets: Sequence[int], eta: float, mode: str, offline: bool, request: ForgetRequest,
+                 earlier: Sequence[ForgetRequest], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.targets = sorted(targets)
         self.eta = eta
         self.mode = mode
         self.offline = offline
+        self.request, self.earlier = request, list(earlier)
         self.sources: dict[int, str] = {}
 
-    def sample(self, server_round: int) -> list[int]:
-        others = super().sample(server_round) if self.mode == "regular" else []
-        return sorted((set(others) - set(self.targets)) | (set() if self.offline else set(self.targets)))
+    def tasks(self, server_round: int) -> list[tuple[int, str]]:
+        """Regular updates of the sampled remaining clients (regular mode), forget updates of the targets."""
+        regular = super().tasks(server_round) if self.mode == "regular" else []
+        return sorted(regular + ([] if self.offline else [(pid, FORGET) for pid in self.targets]))
+
+    def client_config(self, partition_id: int, config: ConfigRecord, role: str = REGULAR) -> ConfigRecord:
+        if role == FORGET:
+            config["only"] = requests_json([self.request])
+            config["exclude"] = requests_json(self.earlier)
+        return config
 
     def combine(self, server_round: int, global_weights: Weights, updates: list[ClientUpdate]) -> Weights:
-        fresh = {u.partition_id: u for u in updates if u.partition_id in self.targets}
-        retained = [u for u in updates if u.partition_id not in self.targets]
+        fresh = {u.partition_id: u for u in updates if u.role == FORGET}
+        retained = [u for u in updates if u.role == REGULAR]
         target_terms = []
         for pid in self.targets:
             if pid in fresh:
@@ -90,10 +116,16 @@ class PUF(Unlearner):
     Settings = PUFSettings
     step_settings = ("eta",)
 
+    def serves(self, kind: str) -> str:
+        if self.settings.offline and kind != "client":
+            return "with offline = true serves client requests only (a stored update is on all of a client's data)"
+        return super().serves(kind)
+
     def unlearn(self, ctx: UnlearningContext) -> Weights:
         f = self.settings
-        strategy = PUFRound.from_config(ctx.cfg, ctx.store, ctx.node_of, ctx.remaining, targets=ctx.forgotten,
-                                        eta=f.eta, mode=f.mode, offline=f.offline)
+        strategy = PUFRound.from_config(ctx.cfg, ctx.store, ctx.node_of, ctx.remaining, ctx.removed,
+                                        targets=ctx.forgotten, eta=f.eta, mode=f.mode, offline=f.offline,
+                                        request=ctx.request, earlier=ctx.earlier)
         weights = ctx.next_round(strategy, ctx.weights, "unlearn")
         ctx.notes["puf_source"] = "; ".join(f"client {p}: {s}" for p, s in sorted(strategy.sources.items()))
         return weights
