@@ -80,7 +80,7 @@ def test_a_comparison_records_which_client_a_rule_named_in_each_seed(tmp_path):
     rows = read_csv(tmp_path / "summary.csv")
     for seed in (0, 1):
         sizes = [len(p) for p in partition(cfg.data, seed)[1]]
-        assert {r["forgotten"] for r in rows if r["seed"] == str(seed)} == {str(sizes.index(max(sizes)))}
+        assert {r["forgotten"] for r in rows if r["seed"] == str(seed)} == {f"client {sizes.index(max(sizes))}"}
         recorded = load_config(tmp_path / f"seed-{seed}" / "train" / "config.toml")
         assert recorded.forget[0].clients == [sizes.index(max(sizes))]
     assert load_config(tmp_path / "config.toml").forget[0].clients == ["largest"]
