@@ -226,3 +226,13 @@ def test_class_request_end_to_end(tmp_path):
     probe = [r for r in read_csv(seed / "probe" / "all.csv") if r["model"] in ("original", "output-filter")]
     start = {r["model"]: r["value"] for r in probe if r["step"] == "0"}
     assert start["output-filter"] == start["original"]  # the probe relearns (and scores) the network
+
+
+@pytest.mark.parametrize("request_", ["{clients=[1]}", "{clients=[1], samples=0.5}", "{classes=[3]}"])
+def test_an_original_that_did_not_learn_the_forget_data_is_refused_for_every_kind(request_, tmp_path):
+    cfg = tiny(f"forget=[{request_}]", "data.backdoor.clients=[]", "probe.metric=forget_acc", "train.rounds=1",
+               "train.lr=0.001", "forgetting.min_original_forget_acc=0.9")
+    with pytest.raises(ConfigError, match=r"^forgetting.min_original_forget_acc: the original model's accuracy on "
+                                          r"the data to forget \((client 1|client 1 samples 0.5|class 3)\) is 0\.\d+"):
+        compare(local_federation(4, log=lambda *_: None), cfg, tmp_path / "cmp", log=lambda *_: None)
+    assert not (tmp_path / "cmp" / "summary.csv").exists()
