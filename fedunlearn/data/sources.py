@@ -49,13 +49,19 @@ def load_digits_dataset(settings, seed: int) -> Dataset:
 
 @dataclass
 class SyntheticSettings:
-    """``[data.synthetic]``: how many samples, features and classes."""
+    """``[data.synthetic]``: how many samples, features and classes, and the share of labels drawn at random.
+
+    ``label_noise`` is scikit-learn's ``flip_y``: that share of samples get a random label, which a
+    model can only memorise (a gap between members and non-members for membership inference).
+    """
 
     samples: int = 2000
     features: int = 20
     classes: int = 4
+    label_noise: float = 0.01
 
     def validate(self) -> None:
+        require(0 <= self.label_noise < 1, "label_noise", f"must be in [0, 1) (got {self.label_noise})")
         require(self.classes >= 2, "classes", f"must be >= 2 (got {self.classes})")
         require(self.features >= 2, "features", f"must be >= 2 (got {self.features})")
         require(self.samples >= 10 * self.classes, "samples", f"must be >= 10 x classes (got {self.samples})")
@@ -74,6 +80,7 @@ def load_synthetic_dataset(settings: SyntheticSettings, seed: int) -> Dataset:
         n_classes=settings.classes,
         n_clusters_per_class=1,
         class_sep=1.5,
+        flip_y=settings.label_noise,
         random_state=seed,
     )
     n_test = len(y) // 5

@@ -144,10 +144,9 @@ class RecordingFedAvg(FedAvg):
                                role))
         return [m for m, _ in self._sent]
 
-    def _role(self, reply: Message) -> str:
-        """The role of the task a reply answers (the grid has set the ids of the messages sent)."""
-        return next((role for m, role in self._sent if m.metadata.message_id
-                     and m.metadata.message_id == reply.metadata.reply_to_message_id), REGULAR)
+    def _roles(self) -> dict[str, str]:
+        """Message id -> role of every message sent this round (the grid sets the ids as it pushes them)."""
+        return {m.metadata.message_id: role for m, role in self._sent if m.metadata.message_id}
 
     # -- what to do with the replies -------------------------------------------------------
     def collect(self, server_round: int, replies: Iterable[Message]) -> list[ClientUpdate]:
@@ -167,13 +166,13 @@ class RecordingFedAvg(FedAvg):
                 f"{' ...' if len(self.report.failures) > 3 else ''}); fix the failing clients or lower "
                 "train.min_train_clients (0 requires every sampled client)"
             )
-        updates = []
+        updates, roles = [], self._roles()
         for msg in valid:
             metrics = dict(next(iter(msg.content.metric_records.values())))
             weights = msg.content[self.arrayrecord_key].to_numpy_ndarrays()
             delta = [w - g for w, g in zip(weights, self._global, strict=True)]
             updates.append(ClientUpdate(int(metrics["partition-id"]), int(metrics["num-examples"]), delta, metrics,
-                                        self._role(msg)))
+                                        roles.get(msg.metadata.reply_to_message_id, REGULAR)))
         updates.sort(key=lambda u: (u.partition_id, u.role))
         for u in updates:
             if u.role == REGULAR:  # the store keeps each client's regular updates
