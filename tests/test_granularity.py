@@ -236,3 +236,9 @@ def test_an_original_that_did_not_learn_the_forget_data_is_refused_for_every_kin
                                           r"the data to forget \((client 1|client 1 samples 0.5|class 3)\) is 0\.\d+"):
         compare(local_federation(4, log=lambda *_: None), cfg, tmp_path / "cmp", log=lambda *_: None)
     assert not (tmp_path / "cmp" / "summary.csv").exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_experiment_is_valid(path):
+    specs = check_comparison(load_experiment(path))
+    assert specs[0].label == "retrain" and len(specs) >= 2
