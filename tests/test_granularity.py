@@ -242,3 +242,22 @@ def test_an_original_that_did_not_learn_the_forget_data_is_refused_for_every_kin
 def test_every_shipped_experiment_is_valid(path):
     specs = check_comparison(load_experiment(path))
     assert specs[0].label == "retrain" and len(specs) >= 2
+
+
+def test_a_sequence_mixes_kinds(tmp_path):
+    """A class forgotten at round 2, then client 2's samples and client 1 at the last round."""
+    cfg = tiny("forget=[{classes=[3], round=2}, {clients=[2], samples=0.3}, {clients=[1]}]", "train.rounds=3",
+               "data.backdoor.clients=[]", "probe.metric=forget_acc", "forgetting.strategies=['retrain', 'puf', 'pga']")
+    sent = []
+    grid = LocalGrid(4, tamper=lambda pid, msg: sent.append((pid, dict(msg.content["config"]))))
+    from fedunlearn.flower.runtime import Federation
+
+    rows = compare(Federation(grid, 4), cfg, tmp_path / "cmp", log=lambda *_: None)
+    by = {r["strategy"]: r for r in rows}
+    assert by["retrain"]["forgotten"] == "class 3; client 2 samples 0.3; client 1"
+    assert by["retrain"]["forget_test_acc"] == 0.0
+    gone = [pid for pid, c in sent if any(r["clients"] == [1] and r["samples"] == ""
+                                          for r in json.loads(c.get("exclude", "[]")))]
+    assert gone and 1 not in gone  # once client 1 is forgotten it is never asked to train again
+    last = [json.loads(c["exclude"]) for pid, c in sent if "exclude" in c and "only" not in c][-1]
+    assert [r["classes"] or r["samples"] or r["clients"] for r in last] == [[3], 0.3, [1]]
