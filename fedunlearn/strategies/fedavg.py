@@ -14,7 +14,7 @@ Differences from :class:`flwr.serverapp.strategy.FedAvg`, each for a reason:
 Subclasses change one thing: :attr:`behaviour` (the client behaviour asked for, sent as the Flower
 message type ``train.<behaviour>``), :meth:`tasks` (which clients train, and on what: a regular
 update on the data that remains, or one on a forget request's samples alone), :meth:`client_config`
-(settings a client is sent) or :meth:`combine` (how the round's pseudo-gradients move the global
+(settings a client is sent; :meth:`task_config` adds what a role asks for) or :meth:`combine` (how the round's pseudo-gradients move the global
 weights).
 """
 
@@ -124,9 +124,13 @@ class RecordingFedAvg(FedAvg):
         """(partition id, role) of every update asked for this round: a regular one per sampled client."""
         return [(pid, REGULAR) for pid in self.sample(server_round)]
 
-    def client_config(self, partition_id: int, config: ConfigRecord, role: str = REGULAR) -> ConfigRecord:
+    def client_config(self, partition_id: int, config: ConfigRecord) -> ConfigRecord:
         """The config one client receives; subclasses ask particular clients for other behaviours."""
         return config
+
+    def task_config(self, partition_id: int, config: ConfigRecord, role: str) -> ConfigRecord:
+        """The config of one task: :meth:`client_config`, and what a role asks for (subclasses)."""
+        return self.client_config(partition_id, config)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -139,7 +143,7 @@ class RecordingFedAvg(FedAvg):
         self._sent = []
         for pid, role in tasks:
             content = RecordDict({self.arrayrecord_key: arrays,
-                                  self.configrecord_key: self.client_config(pid, ConfigRecord(dict(base)), role)})
+                                  self.configrecord_key: self.task_config(pid, ConfigRecord(dict(base)), role)})
             self._sent.append((Message(content=content, message_type=message_type, dst_node_id=self.node_of[pid]),
                                role))
         return [m for m, _ in self._sent]

@@ -23,7 +23,7 @@ from fedunlearn.arrays import Weights, weighted_step
 from fedunlearn.settings import require
 from fedunlearn.store import PseudoGradient
 from fedunlearn.strategies.base import Unlearner, UnlearningContext, UnlearningError
-from fedunlearn.strategies.fedavg import REGULAR, ClientUpdate, RecordingFedAvg
+from fedunlearn.strategies.fedavg import ClientUpdate, RecordingFedAvg
 
 
 @dataclass
@@ -62,7 +62,7 @@ class FedEraserCalibration(RecordingFedAvg):
     def sample(self, server_round: int) -> list[int]:
         return sorted(self.old_updates)
 
-    def client_config(self, partition_id: int, config: ConfigRecord, role: str = REGULAR) -> ConfigRecord:
+    def client_config(self, partition_id: int, config: ConfigRecord) -> ConfigRecord:
         config["local-epochs"] = self.calibration_epochs
         return config
 

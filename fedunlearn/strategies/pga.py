@@ -34,7 +34,7 @@ from fedunlearn.data.forget_sets import requests_json
 from fedunlearn.models import build_model
 from fedunlearn.settings import require
 from fedunlearn.strategies.base import Unlearner, UnlearningContext, UnlearningError
-from fedunlearn.strategies.fedavg import FORGET, REGULAR, ClientUpdate, RecordingFedAvg
+from fedunlearn.strategies.fedavg import FORGET, ClientUpdate, RecordingFedAvg
 from fedunlearn.training import get_weights
 
 
@@ -72,7 +72,7 @@ class PGARound(RecordingFedAvg):
     def tasks(self, server_round: int) -> list[tuple[int, str]]:
         return [(t, FORGET) for t in self.targets]
 
-    def client_config(self, partition_id: int, config: ConfigRecord, role: str = REGULAR) -> ConfigRecord:
+    def client_config(self, partition_id: int, config: ConfigRecord) -> ConfigRecord:
         config.update({"pga-radius": self.radius, **self.pga, "only": requests_json([self.request]),
                        "exclude": requests_json(self.earlier)})
         return config

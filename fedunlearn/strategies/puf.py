@@ -84,7 +84,8 @@ class PUFRound(RecordingFedAvg):
         regular = super().tasks(server_round) if self.mode == "regular" else []
         return sorted(regular + ([] if self.offline else [(pid, FORGET) for pid in self.targets]))
 
-    def client_config(self, partition_id: int, config: ConfigRecord, role: str = REGULAR) -> ConfigRecord:
+    def task_config(self, partition_id: int, config: ConfigRecord, role: str) -> ConfigRecord:
+        config = super().task_config(partition_id, config, role)
         if role == FORGET:
             config["only"] = requests_json([self.request])
             config["exclude"] = requests_json(self.earlier)

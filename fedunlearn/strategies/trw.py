@@ -21,7 +21,7 @@ from fedunlearn.arrays import Weights
 from fedunlearn.class_unlearning import similarity_under, split_filter
 from fedunlearn.settings import require
 from fedunlearn.strategies.base import Unlearner, UnlearningContext
-from fedunlearn.strategies.fedavg import FORGET, REGULAR, RecordingFedAvg
+from fedunlearn.strategies.fedavg import FORGET, RecordingFedAvg
 
 
 @dataclass
@@ -52,7 +52,7 @@ class TRWRound(RecordingFedAvg):
     def tasks(self, server_round: int) -> list[tuple[int, str]]:
         return [(h, FORGET) for h in self.holders]
 
-    def client_config(self, partition_id: int, config: ConfigRecord, role: str = REGULAR) -> ConfigRecord:
+    def client_config(self, partition_id: int, config: ConfigRecord) -> ConfigRecord:
         config.update(self.trw)
         return config
 
