@@ -99,18 +99,3 @@ def calibration_split(n: int) -> tuple[np.ndarray, np.ndarray]:
     """
     return np.arange(n // 2), np.arange(n // 2, n)
 
-
-def similarity_under(cfg, weights: Weights, num_arrays: int) -> np.ndarray:
-    """Class similarity S of a model (its output filter applied) on the calibration half of the test set."""
-    from fedunlearn.data import federated_data
-    from fedunlearn.models import build_model
-    from fedunlearn.training import predict_logits, set_weights
-
-    data = federated_data(cfg.data, cfg.seed)
-    calib, _ = calibration_split(len(data.y_test))
-    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
-    network, output_filter = split_filter(weights, num_arrays)
-    set_weights(model, network)
-    z = predict_logits(model, data.x_test[calib])
-    z = z if output_filter is None else filtered_logits(z, output_filter)
-    return class_similarity(torch.softmax(z.double(), 1).numpy(), data.y_test[calib], data.num_classes)

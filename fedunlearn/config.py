@@ -323,10 +323,6 @@ class ExperimentConfig:
             raise ValueError("forget requests name clients by rule; resolve them with fedunlearn.parts.for_seed")
         return sorted({c for r in self.forget for c in r.clients})
 
-    def forget_kinds(self) -> list[str]:
-        """The kinds of the requests, in order of first appearance."""
-        return list(dict.fromkeys(r.kind for r in self.forget_requests()))
-
 
 def _request_field(requests: list[ForgetRequest], i: int, key: str, where: str) -> str:
     return f"{where}[{i}].{key}" if len(requests) > 1 or where == "forget" else where
@@ -358,7 +354,6 @@ def validate_requests(requests: list[ForgetRequest], num_clients: int, last_roun
     select) is checked when the forget sets are built (:mod:`fedunlearn.data.forget_sets`).
     """
     gone: set[int] = set()
-    classes: set[int] = set()
     for i, r in enumerate(requests):
         clients = _request_field(requests, i, "clients", where)
         if r.classes:
@@ -371,7 +366,6 @@ def validate_requests(requests: list[ForgetRequest], num_clients: int, last_roun
             name = _request_field(requests, i, "classes", where)
             if min(r.classes) < 0 or len(set(r.classes)) != len(r.classes):
                 raise ConfigError(f"{name}: classes must be distinct labels >= 0 (got {r.classes})")
-            classes |= set(r.classes)
         elif not r.clients:
             raise ConfigError(f"{clients}: empty; name at least one client id (or classes = [...] for a class)")
         if r.samples != "":

@@ -85,13 +85,3 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 2048) -> t
         return model(torch.zeros((1, *xt.shape[1:]), dtype=xt.dtype))[:0]
     return torch.cat([model(xt[i:i + batch_size]) for i in range(0, len(xt), batch_size)])
 
-
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on (x, y)."""
-    if len(y) == 0:
-        return float("nan"), float("nan")
-    logits = predict_logits(model, x)
-    yt = torch.from_numpy(y)
-    acc = float((logits.argmax(1) == yt).float().mean())
-    loss = float(nn.functional.cross_entropy(logits, yt))
-    return acc, loss

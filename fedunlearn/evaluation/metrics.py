@@ -103,12 +103,12 @@ def mia_nn(m: ModelView, r: ModelView) -> float:
     if s.similarity is None:
         return float("nan")
     members = np.isin(s.y_forget, s.forget_classes)
+    neighbours = np.zeros((s.data.num_classes, MIA_NN_NEIGHBOURS), dtype=np.int64)
+    for c in s.forget_classes:
+        neighbours[c] = nearest_classes(s.similarity, c, MIA_NN_NEIGHBOURS)
 
     def features(logits: torch.Tensor, labels: np.ndarray) -> np.ndarray:
-        probs = torch.softmax(logits.double(), 1).numpy()
-        cols = np.stack([nearest_classes(s.similarity, int(c), MIA_NN_NEIGHBOURS) for c in labels]) if len(labels) \
-            else np.zeros((0, MIA_NN_NEIGHBOURS), dtype=np.int64)
-        return np.take_along_axis(probs, cols, 1)
+        return np.take_along_axis(torch.softmax(logits.double(), 1).numpy(), neighbours[labels], 1)
 
     rng = np.random.default_rng([s.cfg.seed, 0x313])
     return neighbour_mia(features(m.forget[torch.from_numpy(members)], s.y_forget[members]),

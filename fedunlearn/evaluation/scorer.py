@@ -105,11 +105,14 @@ class Scorer:
         z, yt = self.logits(weights, x), torch.from_numpy(y)
         return float((z.argmax(1) == yt).float().mean()), float(torch.nn.functional.cross_entropy(z, yt))
 
+    def similarity_of(self, weights: Weights) -> np.ndarray:
+        """Class similarity S under a model (its output filter applied), on the calibration half."""
+        return class_similarity(self.probabilities(weights, self.x_calib), self.y_calib, self.data.num_classes)
+
     def calibrate(self, original: Weights) -> None:
-        """Class similarity S under the original model, on the calibration half (class requests only)."""
+        """Class similarity S under the original model (class requests only): MIA-NN's neighbours."""
         if self.forget_classes:
-            probs = self.probabilities(original, self.x_calib)
-            self.similarity = class_similarity(probs, self.y_calib, self.data.num_classes)
+            self.similarity = self.similarity_of(original)
 
     def test(self, weights: Weights) -> tuple[float, float]:
         """On the test set (with class requests: its scored half, forget classes left out)."""

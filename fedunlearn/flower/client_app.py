@@ -50,13 +50,17 @@ def _partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def _local_data(client: ClientData, pid: int, config: dict) -> ClientData:
-    """The samples this round trains on: all but the ``exclude`` requests' (or only the ``only`` requests')."""
-    exclude = requests_from_json(str(config.get("exclude", "")))
-    only = requests_from_json(str(config.get("only", "")))
+@functools.lru_cache(maxsize=16)
+def _local_data(spec: str, pid: int, seed: int, exclude_json: str, only_json: str) -> ClientData:
+    """The samples a round trains on: all but the ``exclude`` requests' (or only the ``only`` requests').
+
+    Cached: the same requests select the same samples in every round, so they are cut out once.
+    """
+    client = _federation(spec)[0].clients[pid]
+    exclude, only = requests_from_json(exclude_json), requests_from_json(only_json)
     if not exclude and not only:
         return client
-    kept = kept_indices(client.y_train, client.poisoned, pid, int(config["seed"]), exclude, only)
+    kept = kept_indices(client.y_train, client.poisoned, pid, seed, exclude, only)
     if len(kept) == 0:
         raise ValueError(f"client {pid} has no sample left to train on after the forget requests")
     return client.subset(kept)
@@ -68,11 +72,13 @@ def _handler(behaviour_name: str):
     def run(msg: Message, context: Context) -> Message:
         config = dict(msg.content["config"])
         pid = _partition_id(context)
-        data, model = _federation(str(config["federation"]))
+        spec = str(config["federation"])
+        _, model = _federation(spec)
         set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
         extra = {k: r.to_numpy_ndarrays() for k, r in msg.content.array_records.items() if k != "arrays"}
         request = ClientRequest(config, client_seed(int(config["seed"]), int(config["server-round"]), pid), extra)
-        mine = _local_data(data.clients[pid], pid, config)
+        mine = _local_data(spec, pid, int(config["seed"]), str(config.get("exclude", "")),
+                           str(config.get("only", "")))
         result = behaviour(model, mine, request)
         metrics = MetricRecord({"num-examples": mine.num_examples, "partition-id": pid,
                                 "train-loss": result.loss, "local-epochs": float(result.epochs)})

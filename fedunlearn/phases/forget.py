@@ -161,7 +161,7 @@ class Timeline:
         history = [(self.snapshot.history, self.snapshot.server_round), (self.store, 10**9)]
         return UnlearningContext(self.cfg, self.fed.node_of, weights, clock, self.store, history, request, removed,
                                  holders, sets.remaining_clients(self.scorer.data), self.snapshot.init_weights,
-                                 self.run_round, self.outcome.notes)
+                                 self.run_round, self.scorer.similarity_of, self.outcome.notes)
 
     # -- the phases of a timeline ----------------------------------------------------------
     def regular(self, ctx: UnlearningContext, weights: Weights, rounds: int) -> Weights:

@@ -27,7 +27,7 @@ from fedunlearn.results import read_csv  # noqa: E402
 
 GAP_METRICS = ["test_acc", "retain_acc", "forget_acc", "forget_test_acc", "kept_acc", "mia_efficacy", "mia_yeom",
                "mia_nn", "backdoor_asr"]
-AVERAGE_GAP = ("Average Gap", "avg_gap")  # mean |gap| of UA, MIA-efficacy, RA and TA
+AVERAGE_GAP_BAR = ("Average Gap", "avg_gap")  # mean |gap| of UA, MIA-efficacy, RA and TA
 
 
 def _f(value: str) -> float:
@@ -156,7 +156,7 @@ def relearning_curves(out: Path, seed_dirs: list[Path], rows: list[dict]) -> Pat
 
 
 def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[str]) -> Path:
-    bars = [(m, f"gap_{m}") for m in GAP_METRICS] + [AVERAGE_GAP]
+    bars = [(m, f"gap_{m}") for m in GAP_METRICS] + [AVERAGE_GAP_BAR]
     bars = [(label, col) for label, col in bars if any(not math.isnan(_f(r.get(col))) for r in rows)]
     shown = ["original"] + [n for n in names if n not in scratch]
     colors = _colors(["original"] + names)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from fedunlearn.arrays import Weights
 from fedunlearn.config import REQUEST_KINDS, ExperimentConfig, ForgetRequest
 from fedunlearn.store import PseudoGradient, PseudoGradientStore
@@ -58,6 +60,9 @@ class UnlearningContext:
         The initial global model of the training run.
     run_round
         ``(strategy, weights, round, phase) -> weights``: one Flower round, supplied by the phase.
+    similarity_of
+        ``weights -> S``: the class similarity of a model on the test set's calibration half
+        (docs/methods.md, "Class unlearning"), supplied by the phase.
     notes
         Facts a strategy reports into the results (e.g. which pseudo-gradient PUF used).
     """
@@ -74,6 +79,7 @@ class UnlearningContext:
     remaining: list[int]
     init_weights: Weights
     run_round: Callable[[RecordingFedAvg, Weights, int, str], Weights]
+    similarity_of: Callable[[Weights], np.ndarray]
     notes: dict = field(default_factory=dict)
 
     def next_round(self, strategy: RecordingFedAvg, weights: Weights, phase: str) -> Weights:

@@ -15,7 +15,6 @@ from fedunlearn.arrays import Weights
 from fedunlearn.class_unlearning import (
     REDISTRIBUTIONS,
     filter_matrix,
-    similarity_under,
     split_filter,
     with_filter,
 )
@@ -44,7 +43,7 @@ class OutputFilter(Unlearner):
     def unlearn(self, ctx: UnlearningContext) -> Weights:
         n = len(ctx.init_weights)
         network, before = split_filter(ctx.weights, n)
-        similarity = similarity_under(ctx.cfg, ctx.weights, n)
+        similarity = ctx.similarity_of(ctx.weights)
         matrix = filter_matrix(ctx.request.classes, len(similarity), self.settings.redistribution, similarity)
         ctx.notes["output_filter"] = f"{self.settings.redistribution}, classes {ctx.request.classes}"
         return with_filter(network, matrix if before is None else before @ matrix)

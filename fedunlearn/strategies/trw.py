@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from fedunlearn.arrays import Weights
-from fedunlearn.class_unlearning import similarity_under, split_filter
+from fedunlearn.class_unlearning import split_filter
 from fedunlearn.settings import require
 from fedunlearn.strategies.base import Unlearner, UnlearningContext
 from fedunlearn.strategies.fedavg import FORGET, RecordingFedAvg
@@ -75,7 +75,7 @@ class TRW(Unlearner):
     def unlearn(self, ctx: UnlearningContext) -> Weights:
         f, n = self.settings, len(ctx.init_weights)
         original, _ = split_filter(ctx.weights, n)
-        similarity = similarity_under(ctx.cfg, ctx.weights, n)
+        similarity = ctx.similarity_of(ctx.weights)
         trw = {"trw-classes": json.dumps(ctx.request.classes), "trw-temperature": f.temperature,
                "trw-beta": f.beta, "trw-gamma": f.gamma}
         weights = ctx.weights
