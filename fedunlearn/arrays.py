@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from flwr.app import Array, ArrayRecord
 
 Weights = list[np.ndarray]
 """A model's tensors in state-dict order, float32."""
@@ -34,3 +35,12 @@ def all_finite(weights: Weights) -> bool:
 def l2_sq(a: Weights, b: Weights) -> float:
     """‖a − b‖² over all tensors, in float64."""
     return float(sum(np.sum((x.astype(np.float64) - y) ** 2) for x, y in zip(a, b, strict=True)))
+
+
+def record_like(template: ArrayRecord, weights: Weights) -> ArrayRecord:
+    """``weights`` as an ArrayRecord with ``template``'s keys (a ClientApp that loads a torch state dict
+    from it finds its parameter names), in order."""
+    keys = list(template.keys())
+    if len(keys) != len(weights):
+        raise ValueError(f"{len(weights)} arrays for a record of {len(keys)}")
+    return ArrayRecord(dict(zip(keys, (Array(np.asarray(w)) for w in weights), strict=True)))

@@ -35,7 +35,10 @@ class PseudoGradient:
 
 
 class PseudoGradientStore:
-    """Latest and (optionally) historical pseudo-gradients, keyed by partition id.
+    """Latest and (optionally) historical pseudo-gradients, keyed by client.
+
+    A client is whatever the strategy names it by: a partition id in fedunlearn's own runs, a
+    Flower node id in anyone's ServerApp (:class:`~fedunlearn.strategies.RecordingFedAvg`).
 
     Parameters
     ----------
@@ -91,6 +94,11 @@ class PseudoGradientStore:
     def clients(self) -> list[int]:
         """Partition ids with at least one recorded Δ, sorted."""
         return sorted(self._latest)
+
+    @property
+    def last_round(self) -> int:
+        """The latest round any client's Δ was recorded in (0 before any): where the next phase's clock starts."""
+        return max((pg.server_round for pg in self._latest.values()), default=0)
 
     def latest(self, partition_id: int) -> PseudoGradient:
         """The most recent Δ of ``partition_id`` (KeyError when it never trained)."""

@@ -16,7 +16,8 @@ GLOBAL = [np.array([1.0, 2.0, 3.0], dtype=np.float32), np.array([[0.5, -0.5]], d
 def make_strategy(num_clients=3, **kwargs) -> RecordingFedAvg:
     store = PseudoGradientStore(keep_history=True)
     node_of = {p: 100 + p for p in range(num_clients)}
-    return RecordingFedAvg(store, node_of, range(num_clients), seed=0, base_config={"lr": 0.1}, **kwargs)
+    return RecordingFedAvg(store, node_of=node_of, participants=range(num_clients), seed=0, base_config={"lr": 0.1},
+                           **kwargs)
 
 
 def client_weights(pid: int) -> list[np.ndarray]:

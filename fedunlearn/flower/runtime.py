@@ -113,6 +113,31 @@ class FailureWatch:
         return f"; tracebacks in {self.failure_log}" if self.failure_log is not None else ""
 
 
+class WatchedGrid:
+    """A grid whose rounds go through a :class:`FailureWatch` (everything else is the grid's own).
+
+    Phases that drive a strategy with Flower's ``Strategy.start`` (the relearning probe) get this
+    in place of the grid, so failing clients are reported the way :meth:`Federation.train_round`
+    reports them. The round is read from the messages' ``server-round`` config.
+    """
+
+    def __init__(self, grid: Grid, failures: FailureWatch, stage: str, timeout: float) -> None:
+        self._grid, self._failures, self._stage, self._timeout = grid, failures, stage, timeout
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *, timeout: float | None = None):
+        messages = list(messages)
+        if not messages:
+            return []
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout or self._timeout))
+        config = messages[0].content.config_records.get("config", {})
+        self._failures.check(self._stage, int(config.get("server-round", 0)), messages, replies,
+                             timeout or self._timeout)
+        return replies
+
+
 class Federation:
     """A running simulation seen from the ServerApp: its grid and which node holds which partition.
 
@@ -152,6 +177,10 @@ class Federation:
         if errors or len(replies) != self.num_clients:
             raise FederationError(f"partition discovery failed ({len(replies)} replies): {errors}")
         return {int(r.content["info"]["partition-id"]): r.metadata.src_node_id for r in replies}
+
+    def watched(self, stage: str) -> WatchedGrid:
+        """The grid as ``Strategy.start`` uses it, with failing clients reported under ``stage``."""
+        return WatchedGrid(self.grid, self.failures, stage, self.timeout)
 
     def train_round(self, strategy: Strategy, arrays: ArrayRecord, server_round: int,
                     config: ConfigRecord | None = None, stage: str = "") -> tuple[ArrayRecord, MetricRecord]:

@@ -92,6 +92,26 @@ def write_summary(out: Path, rows: list[dict]) -> None:
                                                         indent=1))
 
 
+def write_comparison(out: Path, rows: list[dict], probes: dict[str, ProbeResult], reference: str = "retrain",
+                     mode: str = "all") -> None:
+    """Write a comparison measured elsewhere (anyone's ServerApp) in this module's layout.
+
+    ``rows`` hold one dict per model (``strategy``, ``seed`` and any metric of
+    :data:`METRIC_COLUMNS`, e.g. ``forget_acc``); ``probes`` their relearning probes by the same
+    names. The reference row is marked ``from_scratch``, every metric gets its gap to it, and the
+    probe's delay its ratio to the reference's: ``fedunlearn report`` and
+    :func:`fedunlearn.report.draw_all` then read the folder like any comparison's.
+    """
+    rows = [dict(r) for r in rows]
+    for r in rows:
+        r.setdefault("from_scratch", r["strategy"] == reference)
+        if r["strategy"] in probes:
+            r.update(probe_columns({mode: probes}, r["strategy"], reference))
+    for seed in sorted({r["seed"] for r in rows}):
+        write_probes(out / f"seed-{seed}", {mode: probes})
+    write_summary(out, rows)
+
+
 def fmt(value) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"

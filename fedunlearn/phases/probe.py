@@ -30,6 +30,7 @@ from fedunlearn.config import (
 from fedunlearn.data import federated_data
 from fedunlearn.evaluation import Scorer
 from fedunlearn.evaluation.probe import ProbeResult, threshold
+from fedunlearn.evaluation.relearning import relearning_probe
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
 from fedunlearn.provenance import Piece
@@ -50,15 +51,13 @@ def metric_value(scorer: Scorer, weights: Weights, metric: str) -> float:
 
 
 def probe_all(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: Weights, tau: float) -> ProbeResult:
-    """FedAvg over every client for ``probe.max_rounds`` rounds."""
+    """FedAvg over every client for ``probe.max_rounds`` rounds (:func:`relearning_probe`, as any ServerApp)."""
     metric = cfg.probe_metric()
-    strategy = RecordingFedAvg.from_config(cfg, PseudoGradientStore(), fed.node_of, range(cfg.data.num_clients))
-    curve = [metric_value(scorer, weights, metric)]
-    arrays = ArrayRecord(weights)
-    for i in range(1, cfg.probe.max_rounds + 1):
-        arrays, _ = fed.train_round(strategy, arrays, PROBE_CLOCK + i, stage="probe")
-        curve.append(metric_value(scorer, arrays.to_numpy_ndarrays(), metric))
-    return ProbeResult(metric, "rounds", curve, tau)
+    strategy = RecordingFedAvg.from_config(cfg, PseudoGradientStore(), fed.node_of, range(cfg.data.num_clients),
+                                           round_offset=PROBE_CLOCK)
+    return relearning_probe(fed.watched("probe"), strategy, ArrayRecord(weights),
+                            lambda arrays: metric_value(scorer, arrays.to_numpy_ndarrays(), metric),
+                            metric=metric, tau=tau, max_rounds=cfg.probe.max_rounds, timeout=fed.timeout)
 
 
 def probe_alone(cfg: ExperimentConfig, scorer: Scorer, weights: Weights, tau: float) -> ProbeResult:

@@ -223,6 +223,10 @@ def draw_all(run_dir: str | Path) -> list[Path]:
     seed_dirs = [d for d in seed_dirs if d.name.split("-", 1)[1] in seeds]  # the seeds summary.csv reports
     out = run_dir / "plots"
     backdoor = _has_backdoor(rows)
-    drawn = [accuracy_over_rounds(out, seed_dirs, names, scratch, backdoor), relearning_curves(out, seed_dirs, rows),
-             gaps_to_retrain(out, rows, names, scratch), cost_vs_quality(out, rows, names, backdoor)]
+    trained = seed_dirs and all((d / "train" / "rounds.csv").exists() for d in seed_dirs)
+    costed = any(not math.isnan(_f(r.get("client_epochs"))) for r in rows if r["strategy"] in names)
+    # a comparison written by anyone's ServerApp (write_comparison) may lack rounds and costs
+    drawn = [accuracy_over_rounds(out, seed_dirs, names, scratch, backdoor) if trained else None,
+             relearning_curves(out, seed_dirs, rows), gaps_to_retrain(out, rows, names, scratch),
+             cost_vs_quality(out, rows, names, backdoor) if costed else None]
     return [p for p in drawn if p is not None]

@@ -1,26 +1,34 @@
 """RecordingFedAvg: Flower's FedAvg that keeps every client's pseudo-gradient.
 
-Differences from :class:`flwr.serverapp.strategy.FedAvg`, each for a reason:
+It is a Flower ``Strategy``: ``strategy.start(grid, initial_arrays, num_rounds)`` in any ServerApp
+whose ClientApp follows Flower's conventions (a train reply holds one ArrayRecord and one
+MetricRecord with ``num-examples``). Differences from :class:`flwr.serverapp.strategy.FedAvg`, each
+for a reason:
 
-* clients are addressed by partition id (node ids are random per run), sampled with a generator
-  seeded by (seed, round), and only from the clients currently in the federation;
-* replies are sorted by partition id before anything is summed, so results do not depend on the
-  order Ray returns them (floating-point sums are not associative);
+* clients are named by node id, or by partition id when a ``node_of`` map is given (fedunlearn's
+  own runner: node ids are random per run, partition ids are not); they are sampled with a
+  generator seeded by (seed, round), and only from the clients currently in the federation;
+* replies are sorted by client before anything is summed, so results do not depend on the order
+  replies arrive in (floating-point sums are not associative);
 * aggregation happens in pseudo-gradient space, w_{t+1} = w_t + η_s Σ_k (n_k/N) Δ_k, and every Δ_k
   is recorded in a :class:`~fedunlearn.store.PseudoGradientStore`;
+* rounds are numbered on one clock across phases: ``round_offset + server_round`` is the round the
+  store records and clients are seeded with, so phases run one after another with
+  ``Strategy.start`` (which numbers its rounds from 1) never reuse a round;
 * error replies are counted per round, and a round with fewer successes than ``min_train_nodes``
   stops the run with :class:`TooFewClientsError`.
 
 Subclasses change one thing: :attr:`behaviour` (the client behaviour asked for, sent as the Flower
 message type ``train.<behaviour>``), :meth:`tasks` (which clients train, and on what: a regular
 update on the data that remains, or one on a forget request's samples alone), :meth:`client_config`
-(settings a client is sent; :meth:`task_config` adds what a role asks for) or :meth:`combine` (how the round's pseudo-gradients move the global
-weights).
+(settings a client is sent; :meth:`task_config` adds what a role asks for) or :meth:`combine` (how
+the round's pseudo-gradients move the global weights).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -29,7 +37,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedunlearn.arrays import Weights, weighted_step
+from fedunlearn.arrays import Weights, record_like, weighted_step
 from fedunlearn.config import ExperimentConfig, ForgetRequest, config_to_dict
 from fedunlearn.data.forget_sets import requests_json
 from fedunlearn.flower.runtime import error_summary
@@ -45,9 +53,13 @@ REGULAR, FORGET = "", "forget"  # the roles of a client's update: on what remain
 
 @dataclass
 class ClientUpdate:
-    """One successful reply, as the aggregation sees it (``role``: :data:`REGULAR` or :data:`FORGET`)."""
+    """One successful reply, as the aggregation sees it.
 
-    partition_id: int
+    ``client`` is the partition id or node id (see :class:`RecordingFedAvg`); ``role`` is
+    :data:`REGULAR` or :data:`FORGET`.
+    """
+
+    client: int
     num_examples: int
     delta: Weights
     metrics: dict
@@ -68,60 +80,102 @@ class RoundReport:
 
 
 class RecordingFedAvg(FedAvg):
-    """FedAvg over partition ids that records pseudo-gradients and aggregates in sorted order.
+    """FedAvg that records pseudo-gradients and aggregates in client order.
 
     Parameters
     ----------
     store
-        Where each reply's pseudo-gradient is recorded.
-    node_of
-        Map from partition id to the node id that holds it in this simulation.
-    participants
-        Partition ids currently in the federation (forgotten clients are removed from it).
-    seed
-        Seeds client sampling (per round) and the clients' local runs.
-    base_config
-        Sent to every client each round (the federation spec and the local recipe).
-    exclude
-        Forget requests in effect: every client trains on its data without their samples.
+        Where each reply's pseudo-gradient is recorded (a fresh in-memory store when None).
     fraction_train, min_train_nodes
         As in FedAvg; ``min_train_nodes = 0`` requires every sampled client to succeed.
+    fraction_evaluate, min_evaluate_nodes, min_available_nodes
+        As in FedAvg; federated evaluation samples from the participants only.
+    participants
+        The clients currently in the federation (forgotten ones removed). None: every client the
+        grid knows (or ``node_of`` names) except those in ``absent``.
+    absent
+        Clients that left the federation, when ``participants`` is None.
+    node_of
+        Partition id -> node id. Given, clients are named (stored, sampled, ordered) by partition
+        id; None, by node id.
+    seed
+        Seeds client sampling (per round) and is sent to clients as ``seed``.
+    base_config
+        Sent to every client each round, before ``start``'s ``train_config``.
+    exclude
+        fedunlearn's forget requests in effect: its clients train without their samples.
     server_lr
         η_s in w_{t+1} = w_t + η_s Σ (n_k/N) Δ_k.
+    round_offset
+        Added to ``start``'s round numbers (see the module docstring).
     """
 
     behaviour = ""  # the client behaviour of every message; "" is plain local training
 
-    def __init__(self, store: PseudoGradientStore, node_of: dict[int, int], participants: Sequence[int],
-                 seed: int, base_config: dict, fraction_train: float = 1.0, min_train_nodes: int = 0,
-                 server_lr: float = 1.0, exclude: Sequence[ForgetRequest] = ()) -> None:
-        super().__init__(fraction_train=fraction_train, fraction_evaluate=0.0, min_train_nodes=min_train_nodes,
-                         min_available_nodes=len(node_of))
-        self.store = store
-        self.node_of = dict(node_of)
-        self.partition_of = {n: p for p, n in self.node_of.items()}
-        self.participants = sorted(participants)
+    def __init__(self, store: PseudoGradientStore | None = None, *, fraction_train: float = 1.0,
+                 min_train_nodes: int = 0, fraction_evaluate: float = 0.0, min_evaluate_nodes: int = 1,
+                 min_available_nodes: int | None = None, participants: Sequence[int] | None = None,
+                 absent: Sequence[int] = (), node_of: dict[int, int] | None = None, seed: int = 0,
+                 base_config: dict | None = None, exclude: Sequence[ForgetRequest] = (), server_lr: float = 1.0,
+                 round_offset: int = 0) -> None:
+        if min_available_nodes is None:
+            min_available_nodes = len(node_of) if node_of is not None else max(min_train_nodes, 1)
+        super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
+                         min_train_nodes=min_train_nodes, min_evaluate_nodes=min_evaluate_nodes,
+                         min_available_nodes=min_available_nodes)
+        self.store = store if store is not None else PseudoGradientStore()
+        self.node_of = dict(node_of) if node_of is not None else None
+        self.partition_of = {n: p for p, n in (self.node_of or {}).items()}
+        self.participants = sorted(participants) if participants is not None else None
+        self.absent = set(absent)
         self.seed = seed
-        self.base_config = dict(base_config)
+        self.base_config = dict(base_config or {})
         self.exclude = list(exclude)
         if self.exclude:
             self.base_config["exclude"] = requests_json(self.exclude)
         self.server_lr = server_lr
+        self.round_offset = round_offset
         self.report = RoundReport()
         self._global: Weights = []
+        self._template = ArrayRecord()
         self._sent: list[tuple[Message, str]] = []
+        self._clients: list[int] = []
 
     # -- which clients, asked to do what ---------------------------------------------------
-    def sample(self, server_round: int) -> list[int]:
-        """Partition ids trained this round: a seeded sample of the participants, sorted."""
-        k = max(1, int(round(self.fraction_train * len(self.participants))))
-        if k >= len(self.participants):
-            return list(self.participants)
-        rng = np.random.default_rng([self.seed, server_round])
-        return sorted(int(p) for p in rng.choice(self.participants, size=k, replace=False))
+    def clock(self, server_round: int) -> int:
+        """The round on the federation's clock (what the store records and clients are seeded with)."""
+        return self.round_offset + server_round
+
+    def node(self, client: int) -> int:
+        """The node id of a client."""
+        return self.node_of[client] if self.node_of is not None else client
+
+    def client_of(self, node_id: int) -> int:
+        """The client a node id is (its partition id when ``node_of`` is given)."""
+        return self.partition_of.get(node_id, node_id) if self.node_of is not None else node_id
+
+    def leaving(self) -> set[int]:
+        """Clients never sampled when the participants come from the grid (subclasses add targets)."""
+        return self.absent
+
+    def refresh_participants(self, grid: Grid | None) -> None:
+        """Without given participants: every client on the grid (or in ``node_of``) but the leaving ones."""
+        if self.participants is None:
+            self._clients = sorted(set(self.node_of if self.node_of is not None else wait_for_nodes(
+                grid, self.min_available_nodes)) - self.leaving())
+
+    def sample(self, server_round: int, fraction: float | None = None) -> list[int]:
+        """Clients trained this round: a sample of the participants seeded by (seed, round), sorted."""
+        fraction = self.fraction_train if fraction is None else fraction
+        clients = self.participants if self.participants is not None else self._clients
+        k = max(1, int(round(fraction * len(clients))))
+        if k >= len(clients):
+            return list(clients)
+        rng = np.random.default_rng([self.seed, self.clock(server_round)])
+        return sorted(int(p) for p in rng.choice(clients, size=k, replace=False))
 
     def tasks(self, server_round: int) -> list[tuple[int, str]]:
-        """(partition id, role) of every update asked for this round: a regular one per sampled client."""
+        """(client, role) of every update asked for this round: a regular one per sampled client."""
         return [(pid, REGULAR) for pid in self.sample(server_round)]
 
     def client_config(self, partition_id: int, config: ConfigRecord) -> ConfigRecord:
@@ -136,17 +190,31 @@ class RecordingFedAvg(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         """One train message per task; remembers the global weights sent and which message asked what."""
         self._global = arrays.to_numpy_ndarrays()
+        self._template = arrays
+        self.refresh_participants(grid)
         tasks = self.tasks(server_round)
-        self.report = RoundReport(server_round=server_round, sampled=[pid for pid, _ in tasks])
-        base = ConfigRecord({**self.base_config, **dict(config), "server-round": server_round, "seed": self.seed})
+        self.report = RoundReport(server_round=self.clock(server_round), sampled=[pid for pid, _ in tasks])
+        base = ConfigRecord({**self.base_config, **dict(config), "server-round": self.clock(server_round),
+                             "seed": self.seed})
         message_type = f"{MessageType.TRAIN}.{self.behaviour}" if self.behaviour else MessageType.TRAIN
         self._sent = []
         for pid, role in tasks:
             content = RecordDict({self.arrayrecord_key: arrays,
                                   self.configrecord_key: self.task_config(pid, ConfigRecord(dict(base)), role)})
-            self._sent.append((Message(content=content, message_type=message_type, dst_node_id=self.node_of[pid]),
+            self._sent.append((Message(content=content, message_type=message_type, dst_node_id=self.node(pid)),
                                role))
         return [m for m, _ in self._sent]
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Federated evaluation on a seeded sample of the participants (none when fraction_evaluate is 0)."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        self.refresh_participants(grid)
+        config = ConfigRecord({**dict(config), "server-round": self.clock(server_round)})
+        return [Message(RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config}),
+                        message_type=MessageType.EVALUATE, dst_node_id=self.node(pid))
+                for pid in self.sample(server_round, self.fraction_evaluate)]
 
     def _roles(self) -> dict[str, str]:
         """Message id -> role of every message sent this round (the grid sets the ids as it pushes them)."""
@@ -154,13 +222,13 @@ class RecordingFedAvg(FedAvg):
 
     # -- what to do with the replies -------------------------------------------------------
     def collect(self, server_round: int, replies: Iterable[Message]) -> list[ClientUpdate]:
-        """Sort successful replies by partition id, record their Δ, count failures."""
+        """Sort successful replies by client, record their Δ, count failures."""
         replies = list(replies)
         valid = [m for m in replies if not m.has_error() and self._well_formed(m)]
         accepted = {id(m) for m in valid}
-        self.report.failures = [f"client {self.partition_of.get(m.metadata.src_node_id, '?')}: "
+        self.report.failures = [f"client {self.client_of(m.metadata.src_node_id)}: "
                                 + (error_summary(m.error.reason) if m.has_error() else
-                                   "reply without one ArrayRecord and a MetricRecord with num-examples and partition-id")
+                                   "reply without one ArrayRecord and one MetricRecord with num-examples")
                                 for m in replies if id(m) not in accepted]
         required = self.min_train_nodes or len(self.report.sampled)
         if len(valid) < required:
@@ -175,28 +243,27 @@ class RecordingFedAvg(FedAvg):
             metrics = dict(next(iter(msg.content.metric_records.values())))
             weights = msg.content[self.arrayrecord_key].to_numpy_ndarrays()
             delta = [w - g for w, g in zip(weights, self._global, strict=True)]
-            updates.append(ClientUpdate(int(metrics["partition-id"]), int(metrics["num-examples"]), delta, metrics,
-                                        roles.get(msg.metadata.reply_to_message_id, REGULAR)))
-        updates.sort(key=lambda u: (u.partition_id, u.role))
+            updates.append(ClientUpdate(self.client_of(msg.metadata.src_node_id), int(metrics["num-examples"]), delta,
+                                        metrics, roles.get(msg.metadata.reply_to_message_id, REGULAR)))
+        updates.sort(key=lambda u: (u.client, u.role))
         for u in updates:
             if u.role == REGULAR:  # the store keeps each client's regular updates
-                self.store.record(u.partition_id, server_round, u.num_examples, u.delta)
+                self.store.record(u.client, self.clock(server_round), u.num_examples, u.delta)
         model_bytes = sum(g.nbytes for g in self._global)
-        self.report.succeeded = [u.partition_id for u in updates]
+        self.report.succeeded = [u.client for u in updates]
         self.report.client_epochs = float(sum(u.metrics.get("local-epochs", 0.0) for u in updates))
         self.report.bytes_exchanged = model_bytes * (len(self.report.sampled) + len(updates))
-        n = sum(u.num_examples for u in updates)
-        self.report.train_loss = float(sum(u.metrics["train-loss"] * u.num_examples for u in updates) / n)
+        self.report.train_loss = weighted_metric(updates, ("train-loss", "train_loss"))
         return updates
 
     def _well_formed(self, msg: Message) -> bool:
-        """A train reply as Flower's convention has it: one ArrayRecord and a MetricRecord with the counts."""
+        """A train reply as Flower's convention has it: one ArrayRecord and one MetricRecord with num-examples."""
         metrics = list(msg.content.metric_records.values())
         return (self.arrayrecord_key in msg.content.array_records and len(metrics) == 1
-                and {"num-examples", "partition-id"} <= set(metrics[0].keys()))
+                and "num-examples" in metrics[0])
 
     def combine(self, server_round: int, global_weights: Weights, updates: list[ClientUpdate]) -> Weights:
-        """FedAvg in pseudo-gradient space: w + η_s Σ (n_k/N) Δ_k, summed in partition-id order."""
+        """FedAvg in pseudo-gradient space: w + η_s Σ (n_k/N) Δ_k, summed in client order."""
         return weighted_step(global_weights, [(u.num_examples, u.delta) for u in updates], self.server_lr)
 
     @classmethod
@@ -204,8 +271,9 @@ class RecordingFedAvg(FedAvg):
                     participants: Sequence[int], exclude: Sequence[ForgetRequest] = (), **kwargs) -> RecordingFedAvg:
         """The experiment's FedAvg recipe over ``participants`` (extra kwargs go to subclasses)."""
         t = cfg.train
-        return cls(store, node_of, participants, cfg.seed, local_recipe(cfg), t.fraction_train, t.min_train_clients,
-                   t.server_lr, exclude, **kwargs)
+        return cls(store, node_of=node_of, participants=participants, seed=cfg.seed, base_config=local_recipe(cfg),
+                   fraction_train=t.fraction_train, min_train_nodes=t.min_train_clients, server_lr=t.server_lr,
+                   exclude=exclude, **kwargs)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -213,7 +281,27 @@ class RecordingFedAvg(FedAvg):
         new = self.combine(server_round, self._global, updates)
         metrics = MetricRecord({"train-loss": self.report.train_loss, "clients": len(updates),
                                 "failures": len(self.report.failures)})
-        return ArrayRecord(new), metrics
+        return record_like(self._template, new), metrics
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout: float = 600.0) -> list[int]:
+    """The grid's node ids, once at least ``count`` have connected (SuperNodes register over time)."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < count:
+        if time.monotonic() > deadline:
+            raise TooFewClientsError(f"min_available_nodes: only {len(nodes)} of {count} nodes connected within "
+                                     f"{timeout:g} s; start more SuperNodes or lower min_available_nodes")
+        time.sleep(0.2)
+    return [int(n) for n in nodes]
+
+
+def weighted_metric(updates: Sequence[ClientUpdate], keys: Sequence[str]) -> float:
+    """The num-examples-weighted mean of the first of ``keys`` the replies report (NaN when none does)."""
+    for key in keys:
+        pairs = [(u.num_examples, float(u.metrics[key])) for u in updates if key in u.metrics]
+        if pairs and sum(n for n, _ in pairs) > 0:
+            return sum(n * v for n, v in pairs) / sum(n for n, _ in pairs)
+    return float("nan")
 
 
 def federation_spec(cfg: ExperimentConfig) -> str:

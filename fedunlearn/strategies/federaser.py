@@ -67,8 +67,8 @@ class FedEraserCalibration(RecordingFedAvg):
         return config
 
     def combine(self, server_round: int, global_weights: Weights, updates: list[ClientUpdate]) -> Weights:
-        old = [(self.old_updates[u.partition_id].num_examples,
-                [d.astype(np.float32) for d in self.old_updates[u.partition_id].delta]) for u in updates]
+        old = [(self.old_updates[u.client].num_examples,
+                [d.astype(np.float32) for d in self.old_updates[u.client].delta]) for u in updates]
         step = calibrated_step(old, [(u.num_examples, u.delta) for u in updates])
         return [w + s for w, s in zip(global_weights, step, strict=True)]
 

@@ -21,7 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedunlearn.arrays import Weights
+from fedunlearn.arrays import Weights, record_like
 from fedunlearn.class_unlearning import split_filter, with_filter
 from fedunlearn.settings import require
 from fedunlearn.strategies.base import UnlearnerWrapper, UnlearningContext
@@ -57,7 +57,12 @@ def ieu_rng(seed: int, server_round: int) -> np.random.Generator:
 
 
 class IEUServerSide(Strategy):
-    """Wraps a strategy and applies :func:`ieu_perturb` to every aggregate it produces."""
+    """Wraps a strategy and applies :func:`ieu_perturb` to every aggregate it produces.
+
+    In anyone's ServerApp: ``IEUServerSide(PUFRound(...), decay=0.1, noise=0.1, seed=0).start(grid,
+    arrays, num_rounds=1)`` is PUF's step followed by IEU's. The noise is seeded by (seed, round on
+    the inner strategy's clock).
+    """
 
     def __init__(self, inner: RecordingFedAvg, decay: float, noise: float, seed: int) -> None:
         self.inner, self.decay, self.noise, self.seed = inner, decay, noise, seed
@@ -78,8 +83,9 @@ class IEUServerSide(Strategy):
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is None:
             return arrays, metrics
-        perturbed = ieu_perturb(arrays.to_numpy_ndarrays(), self.decay, self.noise, ieu_rng(self.seed, server_round))
-        return ArrayRecord(perturbed), metrics
+        rng = ieu_rng(self.seed, self.inner.clock(server_round))
+        perturbed = ieu_perturb(arrays.to_numpy_ndarrays(), self.decay, self.noise, rng)
+        return record_like(arrays, perturbed), metrics
 
     def configure_evaluate(self, server_round, arrays, config, grid):
         return self.inner.configure_evaluate(server_round, arrays, config, grid)

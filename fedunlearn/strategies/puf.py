@@ -34,6 +34,7 @@ from fedunlearn.arrays import Weights, apply_updates
 from fedunlearn.config import ForgetRequest
 from fedunlearn.data.forget_sets import requests_json
 from fedunlearn.settings import require
+from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies.base import Unlearner, UnlearningContext
 from fedunlearn.strategies.fedavg import FORGET, REGULAR, ClientUpdate, RecordingFedAvg
 
@@ -52,32 +53,50 @@ class PUFSettings:
 
 
 class PUFRound(RecordingFedAvg):
-    """The unlearning round of PUF as a Flower strategy.
+    """The unlearning round of PUF as a Flower strategy (one round; recovery is plain FedAvg).
+
+    In anyone's ServerApp, with clients named by node id::
+
+        step = PUFRound(store, targets=[node], eta=20.0, round_offset=store.last_round)
+        arrays = step.start(grid, arrays, num_rounds=1).arrays
 
     Parameters
     ----------
+    store
+        The pseudo-gradient store of training (offline targets' Δ come from it).
     targets
-        Partition ids holding the forget data.
-    request, earlier
-        The request served (targets train on its forget samples alone) and those served before it
-        (their samples are gone for everyone).
+        The clients holding the forget data (whole clients leave: they are never sampled for a
+        regular update).
     eta
         η_u, the scale of the negated pseudo-gradients.
     mode
         ``"regular"`` or ``"special"``.
     offline
         Use the targets' latest stored Δ instead of asking them to train.
+    request, earlier
+        fedunlearn's request served (targets train on its forget samples alone) and those served
+        before it (their samples are gone for everyone); None for a whole client, whose ClientApp
+        needs no more than a train message.
+    **kwargs
+        Passed to :class:`RecordingFedAvg`.
     """
 
-    def __init__(self, *args, targets: Sequence[int], eta: float, mode: str, offline: bool, request: ForgetRequest,
-                 earlier: Sequence[ForgetRequest], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, store: PseudoGradientStore | None = None, *, targets: Sequence[int], eta: float = 20.0,
+                 mode: str = "regular", offline: bool = False, request: ForgetRequest | None = None,
+                 earlier: Sequence[ForgetRequest] = (), **kwargs) -> None:
+        super().__init__(store, **kwargs)
+        PUFSettings(eta, mode, offline).validate()
         self.targets = sorted(targets)
         self.eta = eta
         self.mode = mode
         self.offline = offline
         self.request, self.earlier = request, list(earlier)
         self.sources: dict[int, str] = {}
+
+    def leaving(self) -> set[int]:
+        if self.request is not None and self.request.kind != "client":
+            return super().leaving()  # holders of some samples stay in the federation
+        return super().leaving() | set(self.targets)
 
     def tasks(self, server_round: int) -> list[tuple[int, str]]:
         """Regular updates of the sampled remaining clients (regular mode), forget updates of the targets."""
@@ -86,13 +105,13 @@ class PUFRound(RecordingFedAvg):
 
     def task_config(self, partition_id: int, config: ConfigRecord, role: str) -> ConfigRecord:
         config = super().task_config(partition_id, config, role)
-        if role == FORGET:
+        if role == FORGET and self.request is not None:
             config["only"] = requests_json([self.request])
             config["exclude"] = requests_json(self.earlier)
         return config
 
     def combine(self, server_round: int, global_weights: Weights, updates: list[ClientUpdate]) -> Weights:
-        fresh = {u.partition_id: u for u in updates if u.role == FORGET}
+        fresh = {u.client: u for u in updates if u.role == FORGET}
         retained = [u for u in updates if u.role == REGULAR]
         target_terms = []
         for pid in self.targets:

@@ -1,0 +1,1 @@
+"""digits-unlearning: a Flower app on scikit-learn's handwritten digits."""
