@@ -216,3 +216,19 @@ def test_the_example_app_trains_forgets_probes_and_reports(example_app, tmp_path
     curves = read_csv(tmp_path / "seed-0" / "probe" / "all.csv")
     assert {c["model"] for c in curves} == set(rows) and len(curves) == 4 * 4
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"relearning_curves.png", "gaps_to_retrain.png"}
+
+
+@pytest.mark.slow
+def test_the_example_app_runs_with_flwr_run(tmp_path):
+    """`flwr run` of the example, a local simulation of 5 SuperNodes on a SuperLink Flower starts itself."""
+    from tests.flwr_cli import FlowerEnv
+
+    out = tmp_path / "out"
+    with FlowerEnv(tmp_path / "flwr") as env:
+        run = env.flwr_run(EXAMPLE, run_config={"out": str(out), "probe-rounds": 2},
+                           federation_config={"num-supernodes": 5}, timeout=600)
+        assert run.ok, run.log[-3000:]
+    rows = {r["strategy"]: r for r in read_csv(out / "summary.csv")}
+    assert list(rows) == ["original", "retrain", "puf", "puf+ieu"]
+    assert float(rows["original"]["backdoor_asr"]) > 0.5 > float(rows["retrain"]["backdoor_asr"])
+    assert float(rows["puf+ieu"]["gap_backdoor_asr"]) < float(rows["original"]["gap_backdoor_asr"])

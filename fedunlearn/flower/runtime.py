@@ -49,7 +49,7 @@ QUIET_ENV = {
     "RAY_BACKEND_LOG_LEVEL": "fatal",  # Ray's C++ core would print its own lines beside fedunlearn's message
 }
 
-JOIN_TIMEOUT_S = 10.0  # how long joining a Ray cluster may take before its address is refused
+JOIN_TIMEOUT_S = 30.0  # how long joining a Ray cluster may take before its address is refused (~10 s seen busy)
 
 
 class FederationError(RuntimeError):
@@ -241,7 +241,8 @@ def _ray_endpoint(address: str) -> tuple[str, int] | None:
 
 
 def cluster_resources(address: str, timeout: float = 5.0) -> dict[str, float]:
-    """The resources of the Ray cluster at ``address``; ConfigError within seconds when none answers."""
+    """The CPUs and GPUs of the largest node of the Ray cluster at ``address`` (one actor runs on one
+    node, so that is what a client can be given); ConfigError within seconds when none answers."""
     endpoint = _ray_endpoint(address)
     if endpoint is not None:
         try:
@@ -258,7 +259,8 @@ def cluster_resources(address: str, timeout: float = 5.0) -> dict[str, float]:
     def join() -> None:
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-            joined["resources"] = {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            joined["resources"] = {k: max((float(n.get(k, 0.0)) for n in nodes), default=0.0) for k in ("CPU", "GPU")}
             ray.shutdown()
         except Exception as err:  # noqa: BLE001 - any failure to join is reported as the address's problem
             joined["error"] = err
@@ -274,14 +276,14 @@ def cluster_resources(address: str, timeout: float = 5.0) -> dict[str, float]:
 
 
 def check_resources(sim: SimulationConfig, available: dict[str, float] | None = None) -> None:
-    """Refuse client resources the machine (or ``simulation.ray_address``'s cluster) cannot give.
+    """Refuse client resources the machine (or the largest node of ``simulation.ray_address``'s cluster) cannot give.
 
     Ray would otherwise wait forever for an actor it cannot place. ``available`` defaults to
     :func:`machine_resources`, or the cluster's when an address is set.
     """
     if available is None:
         available = cluster_resources(sim.ray_address) if sim.ray_address else machine_resources()
-    where = f"the Ray cluster at {sim.ray_address}" if sim.ray_address else "this machine"
+    where = f"the largest node of the Ray cluster at {sim.ray_address}" if sim.ray_address else "this machine"
     cpus, gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
     if sim.num_cpus > cpus:
         raise ConfigError(f"simulation.num_cpus: each client asks for {sim.num_cpus:g} CPU(s) but {where} has "

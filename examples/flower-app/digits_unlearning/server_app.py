@@ -54,7 +54,7 @@ def main(grid: Grid, context: Context) -> None:
     initial = ArrayRecord(Net().state_dict())
 
     # Name nodes by the partition they report (node ids are random each run): seeds and order follow.
-    nodes = wait_for_nodes(grid, int(rc.get("min-nodes", 2)))
+    nodes = wait_for_nodes(grid, int(rc["min-nodes"]))
     node_of = {int(m["partition-id"]): n for n, m in node_metrics(grid, initial, nodes).items()}
     forgotten = int(rc["backdoor-partition"])
     everyone = sorted(node_of)
