@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from flwr.app import ArrayRecord, Error, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord, RecordDict
 
 _ids = itertools.count()
 
@@ -34,6 +34,16 @@ def train_reply(partition_id: int, num_examples: int, weights: list[np.ndarray],
                                  "train-loss": loss, "local-epochs": epochs}),
     })
     return Message(content, metadata=_metadata(100 + partition_id, reply_to))
+
+
+def node_reply(node_id: int, num_examples: int, weights: dict[str, np.ndarray], reply_to: str = "",
+               metrics: dict | None = None) -> Message:
+    """A train reply from a ClientApp that knows only Flower's conventions: named arrays and num-examples."""
+    content = RecordDict({
+        "arrays": ArrayRecord({k: Array(np.asarray(w, dtype=np.float32)) for k, w in weights.items()}),
+        "metrics": MetricRecord({"num-examples": num_examples, **(metrics or {})}),
+    })
+    return Message(content, metadata=_metadata(node_id, reply_to))
 
 
 def error_reply(partition_id: int, reason: str = "ClientApp raised") -> Message:

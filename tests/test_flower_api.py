@@ -37,7 +37,7 @@ from fedunlearn.strategies.puf import PUF, PUFSettings
 from fedunlearn.training import get_weights
 from tests.conftest import ROOT
 from tests.local_grid import LocalGrid, local_federation
-from tests.mocks import send
+from tests.mocks import node_reply, send
 
 EXAMPLE = ROOT / "examples" / "flower-app"
 GLOBAL = [np.array([1.0, 2.0], dtype=np.float32), np.array([[0.5]], dtype=np.float32)]
@@ -51,14 +51,8 @@ class MockGrid:
         return list(NODES)
 
 
-def reply_from(node: int, n: int, weights, keys=("w", "b"), reply_to: str = "", metrics: dict | None = None):
-    from flwr.app import Message, MetricRecord
-
-    from tests.mocks import _metadata
-
-    content = RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(w, np.float32)) for k, w in zip(keys, weights, strict=True)}),
-                          "metrics": MetricRecord({"num-examples": n, **(metrics or {})})})
-    return Message(content, metadata=_metadata(node, reply_to))
+def reply_from(node: int, n: int, weights, reply_to: str = "", metrics: dict | None = None):
+    return node_reply(node, n, dict(zip(("w", "b"), weights, strict=True)), reply_to, metrics)
 
 
 def named_global() -> ArrayRecord:

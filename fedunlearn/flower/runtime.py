@@ -127,14 +127,18 @@ class WatchedGrid:
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
 
-    def send_and_receive(self, messages, *, timeout: float | None = None):
+    def send_and_receive(self, messages, *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
+        config = messages[0].content.config_records.get("config", {}) if messages else {}
+        return self.exchange(messages, int(config.get("server-round", 0)), timeout)
+
+    def exchange(self, messages: list[Message], server_round: int, timeout: float | None = None) -> list[Message]:
+        """Send ``messages``, wait for the replies, and report failing clients as round ``server_round``."""
         if not messages:
             return []
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout or self._timeout))
-        config = messages[0].content.config_records.get("config", {})
-        self._failures.check(self._stage, int(config.get("server-round", 0)), messages, replies,
-                             timeout or self._timeout)
+        timeout = timeout or self._timeout
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self._failures.check(self._stage, server_round, messages, replies, timeout)
         return replies
 
 
@@ -189,8 +193,7 @@ class Federation:
         ``stage`` names the phase in failure reports (``"training"``, ``"puf"``, ``"probe"``).
         """
         messages = list(strategy.configure_train(server_round, arrays, config or ConfigRecord(), self.grid))
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
-        self.failures.check(stage or "round", server_round, messages, replies, self.timeout)
+        replies = self.watched(stage or "round").exchange(messages, server_round)
         new, metrics = strategy.aggregate_train(server_round, replies)
         if new is None or metrics is None:
             raise FederationError(f"round {server_round}: no client update to aggregate")

@@ -152,7 +152,7 @@ class RecordingFedAvg(FedAvg):
 
     def client_of(self, node_id: int) -> int:
         """The client a node id is (its partition id when ``node_of`` is given)."""
-        return self.partition_of.get(node_id, node_id) if self.node_of is not None else node_id
+        return self.partition_of.get(node_id, node_id)
 
     def leaving(self) -> set[int]:
         """Clients never sampled when the participants come from the grid (subclasses add targets)."""
@@ -172,7 +172,8 @@ class RecordingFedAvg(FedAvg):
         if k >= len(clients):
             return list(clients)
         rng = np.random.default_rng([self.seed, self.clock(server_round)])
-        return sorted(int(p) for p in rng.choice(clients, size=k, replace=False))
+        # drawn as positions: node ids are 64-bit and need not fit a numpy integer type
+        return sorted(int(clients[i]) for i in rng.choice(len(clients), size=k, replace=False))
 
     def tasks(self, server_round: int) -> list[tuple[int, str]]:
         """(client, role) of every update asked for this round: a regular one per sampled client."""
@@ -298,9 +299,10 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float = 600.0) -> list[int]:
 def weighted_metric(updates: Sequence[ClientUpdate], keys: Sequence[str]) -> float:
     """The num-examples-weighted mean of the first of ``keys`` the replies report (NaN when none does)."""
     for key in keys:
-        pairs = [(u.num_examples, float(u.metrics[key])) for u in updates if key in u.metrics]
-        if pairs and sum(n for n, _ in pairs) > 0:
-            return sum(n * v for n, v in pairs) / sum(n for n, _ in pairs)
+        reporting = [u for u in updates if key in u.metrics]
+        total = sum(u.num_examples for u in reporting)
+        if total > 0:
+            return sum(u.num_examples * float(u.metrics[key]) for u in reporting) / total
     return float("nan")
 
 
