@@ -13,16 +13,15 @@ final models (0 means the simulation reproduced the plain loop exactly).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import struct
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from measure import PeakMemory
 
 from fedunlearn.arrays import weighted_step
 from fedunlearn.data import federated_data
@@ -35,50 +34,6 @@ from fedunlearn.phases.train import train_phase
 from fedunlearn.training import evaluate, get_weights, set_weights, train_local
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def tree_rss_bytes(root_pid: int) -> int:
-    """Resident memory of ``root_pid`` and all its descendants, read from /proc."""
-    parent, rss = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-            rss[int(entry)] = int(Path(f"/proc/{entry}/statm").read_text().split()[1]) * PAGE
-        except (OSError, ValueError, IndexError):
-            continue
-    total = 0
-    for pid in rss:
-        p = pid
-        while p and p != root_pid:
-            p = parent.get(p, 0)
-        if p == root_pid:
-            total += rss[pid]
-    return total
-
-
-class PeakMemory:
-    """Samples the process tree's resident memory every 0.2 s while in use."""
-
-    def __enter__(self):
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss_bytes(os.getpid()))
-            self._stop.wait(0.2)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def plain_loop(cfg, threads: int) -> tuple[list[float], list[np.ndarray]]:
     """FedAvg as a plain sequential loop: same seeds, same sorted aggregation, same evaluation.
 

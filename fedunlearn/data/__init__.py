@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,23 +57,67 @@ class ClientData:
                           np.flatnonzero(np.isin(indices, self.poisoned)))
 
 
+class ClientPartitions(Sequence):
+    """Every client's :class:`ClientData`, cut from the data set when first asked for.
+
+    A client actor trains a few clients of a large federation: cutting (and, for backdoor clients,
+    poisoning) a client's samples only when it is asked for keeps one copy of the data set per
+    process instead of two. The last :data:`CACHED` clients cut are kept.
+    """
+
+    CACHED = 256
+
+    def __init__(self, ds: Dataset, parts: list[np.ndarray], backdoor, seed: int) -> None:
+        self._ds, self._parts, self._backdoor, self._seed = ds, parts, backdoor, seed
+        self._cache: OrderedDict[int, ClientData] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]  # IndexError past the end, negative indices counted from it
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        client = self._cut(i)
+        self._cache[i] = client
+        if len(self._cache) > self.CACHED:
+            self._cache.popitem(last=False)
+        return client
+
+    def _cut(self, i: int) -> ClientData:
+        idx, b = self._parts[i], self._backdoor
+        x, y, poisoned = self._ds.x_train[idx], self._ds.y_train[idx], np.zeros(0, dtype=np.int64)
+        if i in b.clients:
+            client_rng = np.random.default_rng([self._seed, i])
+            client_rng.permutation(len(idx))  # the draw of the former local test split: same poisoned samples
+            x, y, poisoned = poison(x, y, b, client_rng)
+        return ClientData(x, y, poisoned)
+
+    def sizes(self) -> list[int]:
+        """Each client's number of train samples (without cutting any)."""
+        return [len(idx) for idx in self._parts]
+
+
 @dataclass
 class FederatedData:
     """The clients' partitions plus the global test set (and, with a backdoor, its attack set)."""
 
-    clients: list[ClientData]
+    clients: Sequence[ClientData]
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
     input_shape: tuple[int, ...]
     x_attack: np.ndarray | None = None
     y_attack: np.ndarray | None = None
+    backdoored: list[int] = field(default_factory=list)
 
     def union(self, clients: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Concatenated train data of ``clients``."""
         return (np.concatenate([self.clients[c].x_train for c in clients]),
                 np.concatenate([self.clients[c].y_train for c in clients]))
-
 
 def data_parts(cfg: DataConfig) -> tuple[Part, Part]:
     """The data set and partitioner the config names, every ``[data.NAME]`` table checked (ConfigError if bad)."""
@@ -115,15 +161,8 @@ def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
     if b.clients and b.target_label >= ds.num_classes:
         raise ConfigError(f"data.backdoor.target_label: {b.target_label} is not a class of {cfg.name} "
                           f"(0..{ds.num_classes - 1})")
-    clients = []
-    for i, idx in enumerate(parts):
-        x, y, poisoned = ds.x_train[idx], ds.y_train[idx], np.zeros(0, dtype=np.int64)
-        if i in b.clients:
-            client_rng = np.random.default_rng([seed, i])
-            client_rng.permutation(len(idx))  # the draw of the former local test split: same poisoned samples
-            x, y, poisoned = poison(x, y, b, client_rng)
-        clients.append(ClientData(x, y, poisoned))
-    fd = FederatedData(clients, ds.x_test, ds.y_test, ds.num_classes, ds.input_shape)
+    clients = ClientPartitions(ds, parts, b, seed)
+    fd = FederatedData(clients, ds.x_test, ds.y_test, ds.num_classes, ds.input_shape, backdoored=sorted(b.clients))
     if b.clients and b.patch_size > 0:  # no trigger, no attack to measure
         fd.x_attack, fd.y_attack = attack_set(ds.x_test, ds.y_test, b)
     return fd

@@ -162,20 +162,26 @@ class Federation:
         self.grid = grid
         self.num_clients = num_clients
         self.timeout = timeout
-        compat.fast_grid_pulls(grid)
-        self.node_of = self._discover()
+        self.node_of = self._discover(simulated=compat.fast_grid_pulls(grid))
         self.failures = FailureWatch({n: p for p, n in self.node_of.items()}, max_failed_rounds, failure_log, log)
 
-    def _discover(self) -> dict[int, int]:
-        """Ask every node for its partition id (node ids are random 64-bit numbers each run)."""
+    def _discover(self, simulated: bool) -> dict[int, int]:
+        """Partition id -> node id (node ids are random 64-bit numbers each run).
+
+        On a simulation's grid, the Simulation Engine's own map when it ran in this process
+        (:func:`compat.simulated_partitions`); otherwise every node is asked for its ``partition-id``.
+        """
         deadline = time.monotonic() + 60
-        while len(list(self.grid.get_node_ids())) < self.num_clients:
+        while len(nodes := set(self.grid.get_node_ids())) < self.num_clients:
             if time.monotonic() > deadline:
-                raise FederationError(f"only {len(list(self.grid.get_node_ids()))} of {self.num_clients} "
-                                      "SuperNodes registered within 60 s")
+                raise FederationError(f"only {len(nodes)} of {self.num_clients} SuperNodes registered within 60 s")
             time.sleep(0.05)
-        messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY)
-                    for n in self.grid.get_node_ids()]
+        registered = time.monotonic() + (2.0 if simulated else 0.0)  # the map is kept just after the last node is up
+        while (known := compat.simulated_partitions(nodes)) is None and time.monotonic() < registered:
+            time.sleep(0.01)
+        if known is not None and len(known) == self.num_clients:
+            return known
+        messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in sorted(nodes)]
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
         errors = [r.error.reason for r in replies if r.has_error()]
         if errors or len(replies) != self.num_clients:
