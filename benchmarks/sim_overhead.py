@@ -7,12 +7,20 @@ their ratio, Ray start-up, simulation start-up and shutdown, peak resident memor
 and all its descendants (Ray's processes included), and the largest difference between the two
 final models (0 means the simulation reproduced the plain loop exactly).
 
-    python benchmarks/sim_overhead.py [--rounds 15] [--out docs/benchmarks-latest.md]
+With ``--device cuda`` the clients train on the GPU on both sides: the plain loop moves its client
+model there, and the simulation gives each actor a share of the GPU (``simulation.num_gpus`` 0.5
+for two actors, 1 for one); the server evaluates on the CPU on both sides. The setting
+``cifar-resnet`` is the CIFAR-10-shaped case: resnet_gn on 32x32x3 images written by the
+benchmark in CIFAR-10's own pickle format (random pixels: a timing, not a result).
+
+    python benchmarks/sim_overhead.py [--rounds 15] [--settings default,light,mnist28] [--device cpu]
+                                      [--out docs/benchmarks-latest.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import pickle
 import statistics
 import struct
 import sys
@@ -31,10 +39,10 @@ from fedunlearn.flower.runtime import backend_config, quiet_environment, run_fed
 from fedunlearn.models import build_model
 from fedunlearn.parts import load_experiment
 from fedunlearn.phases.train import train_phase
-from fedunlearn.training import evaluate, get_weights, set_weights, train_local
+from fedunlearn.training import get_weights, set_weights, train_local
 
 ROOT = Path(__file__).resolve().parents[1]
-def plain_loop(cfg, threads: int) -> tuple[list[float], list[np.ndarray]]:
+def plain_loop(cfg, threads: int, device: str = "cpu") -> tuple[list[float], list[np.ndarray]]:
     """FedAvg as a plain sequential loop: same seeds, same sorted aggregation, same evaluation.
 
     With one torch thread it computes exactly what the simulation's actors compute (each actor is
@@ -46,9 +54,10 @@ def plain_loop(cfg, threads: int) -> tuple[list[float], list[np.ndarray]]:
 
     torch.set_num_threads(threads)
     data = federated_data(cfg.data, cfg.seed)
-    server = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
-    client = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
-    weights, times, t = get_weights(server), [], cfg.train
+    scorer = Scorer(cfg, data, [])  # what the simulation's server evaluates with, every round
+    weights = scorer.initial_weights()
+    client = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed).to(device)
+    times, t = [], cfg.train
     for rnd in range(1, t.rounds + 1):
         t0 = time.perf_counter()
         contributions = []
@@ -58,8 +67,7 @@ def plain_loop(cfg, threads: int) -> tuple[list[float], list[np.ndarray]]:
                         momentum=t.momentum, seed=client_seed(cfg.seed, rnd, pid))
             contributions.append((cd.num_examples, [w - g for w, g in zip(get_weights(client), weights, strict=True)]))
         weights = weighted_step(weights, contributions, t.server_lr)
-        set_weights(server, weights)
-        evaluate(server, data.x_test, data.y_test)
+        scorer.round_metrics(weights)
         times.append(time.perf_counter() - t0)
     return times, weights
 
@@ -109,23 +117,53 @@ def digits_as_mnist(root: Path) -> None:
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", y)
 
 
+def cifar_shaped(root: Path, per_batch: int = 100) -> None:
+    """Write CIFAR-10's python pickle batches (5 train batches and a test batch) of seeded random images."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"labels": [int(c) for c in rng.integers(0, 10, per_batch)]}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(batch, fh)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--settings", default="default,light,mnist28",
+                        help="comma-separated: default, light, mnist28, cifar-resnet")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where clients train")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("--device: torch sees no GPU on this machine; run with --device cpu", file=sys.stderr)
+            raise SystemExit(2)
     tmp = Path(tempfile.mkdtemp(prefix="fedunlearn-bench-"))
     digits_as_mnist(tmp / "mnist")
+    cifar_shaped(tmp / "cifar")
     # The same work on both sides: no history on disk, no forget-set metrics per round.
-    same = ["store.history=false", "forget=[]", "data.backdoor.clients=[]", "probe.metric=auto"]
-    overrides = {
-        "default (digits 8x8, cnn)": [f"train.rounds={args.rounds}"],
-        "light: digits cnn, 1 epoch, batch 64": [f"train.rounds={args.rounds}", "train.local_epochs=1",
-                                                 "train.batch_size=64"],
-        "cnn on 28x28 (digits upscaled, mnist loader)": [
-            f"train.rounds={args.rounds}", "data.name=mnist", f"data.mnist.root='{tmp / 'mnist'}'"],
+    same = ["store.history=false", "forget=[]", "forgetting.strategies=['retrain']", "data.backdoor.clients=[]", "probe.metric=auto",
+            f"train.rounds={args.rounds}"]
+    known = {
+        "default": ("default (digits 8x8, cnn)", []),
+        "light": ("light: digits cnn, 1 epoch, batch 64", ["train.local_epochs=1", "train.batch_size=64"]),
+        "mnist28": ("cnn on 28x28 (digits upscaled, mnist loader)",
+                    ["data.name=mnist", f"data.mnist.root='{tmp / 'mnist'}'"]),
+        "cifar-resnet": ("resnet_gn on CIFAR-10-shaped 32x32x3 (500 random images, cifar10 loader)",
+                         ["data.name=cifar10", f"data.cifar10.root='{tmp / 'cifar'}'", "model.name=resnet_gn",
+                          "data.partition=iid", "train.local_epochs=1", "train.batch_size=32", "train.lr=0.01"]),
     }
-    overrides = {name: [*same, *o] for name, o in overrides.items()}
+    chosen = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in known]
+    if unknown:
+        print(f"--settings: {unknown[0]!r} is not one of {', '.join(known)}", file=sys.stderr)
+        raise SystemExit(2)
+    overrides = {known[s][0]: [*same, *known[s][1]] for s in chosen}
     settings = {name: load_experiment(ROOT / "experiments/default.toml", o) for name, o in overrides.items()}
     lines = ["| setting | variant | s/round (median after round 1) | ratio to best plain loop | "
              "Ray start-up s | sim start-up s | shutdown s | peak MB (all processes) | max abs weight diff to plain, 1 thread |",
@@ -135,14 +173,17 @@ def main() -> None:
         for threads in (1, 2):
             print(f"[{name}] plain loop, {threads} thread(s) ...", file=sys.stderr, flush=True)
             with PeakMemory() as mem:
-                times, weights = plain_loop(cfg, threads)
-            rows.append((f"plain loop, {threads} torch thread(s)", statistics.median(times[1:]), None, mem.peak, weights))
+                times, weights = plain_loop(cfg, threads, args.device)
+            rows.append((f"plain loop on {args.device}, {threads} torch thread(s)", statistics.median(times[1:]), None,
+                         mem.peak, weights))
         reference = rows[0][4]
         fast = compat.POLL_INTERVAL_S
+        half, whole = (["simulation.num_gpus=0.5"], ["simulation.num_gpus=1"]) if args.device == "cuda" else ([], [])
+        share = " + 0.5 GPU" if args.device == "cuda" else ""
         variants = {
-            "simulation, 2 actors x 1 CPU (fedunlearn's 5 ms polling)": ([], fast),
-            "simulation, 1 actor x 2 CPUs": (["simulation.num_cpus=2"], fast),
-            "simulation, 2 actors x 1 CPU, Flower's 0.1 s polling": ([], 0.1),
+            f"simulation, 2 actors x 1 CPU{share} (fedunlearn's 5 ms polling)": (half, fast),
+            f"simulation, 1 actor x 2 CPUs{' + 1 GPU' if share else ''}": (["simulation.num_cpus=2", *whole], fast),
+            f"simulation, 2 actors x 1 CPU{share}, Flower's 0.1 s polling": (half, 0.1),
         }
         for j, (variant, (extra, poll)) in enumerate(variants.items()):
             print(f"[{name}] {variant} ...", file=sys.stderr, flush=True)

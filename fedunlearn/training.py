@@ -24,6 +24,11 @@ def set_weights(model: nn.Module, weights: Weights) -> None:
             t.copy_(torch.from_numpy(np.asarray(w, dtype=np.float32)))
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (a client actor given a GPU trains there)."""
+    return next(model.parameters()).device
+
+
 @dataclass
 class LocalTrainResult:
     """What a local training run did: mean loss over its steps and how many SGD steps it took."""
@@ -52,9 +57,11 @@ def train_local(
 
     ``ascent`` maximises the loss instead (gradient ascent). ``after_step`` runs after every
     optimiser step and stops training when it returns True (used by PGA's projection).
-    ``loss_of(logits, batch_indices)`` replaces cross-entropy (TRW's per-sample targets).
+    ``loss_of(logits, batch_indices)`` replaces cross-entropy (TRW's per-sample targets). The data
+    goes to the model's device; batches are drawn on the CPU, so the order is the same on any device.
     """
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    device = model_device(model)
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()
@@ -62,6 +69,7 @@ def train_local(
     total, steps = 0.0, 0
     for _ in range(epochs):
         for batch in torch.randperm(len(yt), generator=gen).split(batch_size):
+            batch = batch.to(device)
             opt.zero_grad(set_to_none=True)
             logits = model(xt[batch])
             loss = loss_fn(logits, yt[batch]) if loss_of is None else loss_of(logits, batch)
@@ -78,10 +86,11 @@ def train_local(
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 2048) -> torch.Tensor:
-    """Logits for every row of ``x`` (eval mode, no gradients)."""
+    """Logits for every row of ``x`` (eval mode, no gradients), on the CPU whatever the model's device."""
     model.eval()
+    device = model_device(model)
     xt = torch.from_numpy(x)
     if len(xt) == 0:  # no rows: the right number of columns all the same
-        return model(torch.zeros((1, *xt.shape[1:]), dtype=xt.dtype))[:0]
-    return torch.cat([model(xt[i:i + batch_size]) for i in range(0, len(xt), batch_size)])
+        return model(torch.zeros((1, *xt.shape[1:]), dtype=xt.dtype, device=device))[:0].cpu()
+    return torch.cat([model(xt[i:i + batch_size].to(device)).cpu() for i in range(0, len(xt), batch_size)])
 

@@ -9,11 +9,12 @@ import dataclasses
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedunlearn.config import load_config
 from fedunlearn.data import federated_data
 from fedunlearn.evaluation import Scorer
+from fedunlearn.flower import compat
 from fedunlearn.flower.runtime import run_federation
 from fedunlearn.phases.train import train_phase
 from fedunlearn.results import read_csv
@@ -74,6 +75,10 @@ def sim(tmp_path_factory):
     def job(fed):
         rec = GridRecorder(fed.grid)
         out["node_of"] = fed.node_of
+        out["engine_map"] = compat.simulated_partitions(fed.grid.get_node_ids())
+        asked = fed.grid.send_and_receive([Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY)
+                                           for n in fed.grid.get_node_ids()])
+        out["asked"] = {int(r.content["info"]["partition-id"]): r.metadata.src_node_id for r in asked}
         out["a"] = train(fed, cfg, tmp / "a")
         out["sent"], out["returned"] = dict(rec.sent), dict(rec.returned)
         out["b"] = train(fed, cfg, tmp / "b")
@@ -99,6 +104,11 @@ def sim(tmp_path_factory):
 def test_discovery_maps_every_partition_to_a_node(sim):
     assert sorted(sim["node_of"]) == [0, 1, 2, 3]
     assert len(set(sim["node_of"].values())) == 4
+
+
+def test_the_engines_map_is_what_the_nodes_say(sim):
+    """The map came from the Simulation Engine (no node was asked), and every node agrees with it."""
+    assert sim["engine_map"] == sim["node_of"] == sim["asked"]
 
 
 def test_stored_delta_is_returned_minus_sent_element_for_element(sim):

@@ -41,7 +41,7 @@ def ascent_behaviour(model: nn.Module, data: ClientData, request: ClientRequest)
     c = request.config
     with torch.no_grad():
         center = flat(model.parameters()).clone()
-        target = torch.cat([torch.from_numpy(a).reshape(-1) for a in request.extra["target-model"]])
+        target = torch.cat([torch.from_numpy(a).reshape(-1) for a in request.extra["target-model"]]).to(center.device)
     radius, threshold = float(c["pga-radius"]), float(c["pga-distance-threshold"])
 
     def after_step(m: nn.Module) -> bool:

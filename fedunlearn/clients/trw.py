@@ -18,7 +18,7 @@ from torch import nn
 from fedunlearn.class_unlearning import trw_target
 from fedunlearn.clients.request import ClientRequest, LocalRun
 from fedunlearn.data import ClientData
-from fedunlearn.training import get_weights, predict_logits, set_weights, train_local
+from fedunlearn.training import get_weights, model_device, predict_logits, set_weights, train_local
 
 
 def trw_behaviour(model: nn.Module, data: ClientData, request: ClientRequest) -> LocalRun:
@@ -33,8 +33,9 @@ def trw_behaviour(model: nn.Module, data: ClientData, request: ClientRequest) ->
     target = np.zeros_like(probs)
     target[forget] = trw_target(probs[forget], data.y_train[forget], classes, request.extra["similarity"][0],
                                 float(c["trw-temperature"]), float(c["trw-beta"]))
-    q, is_forget = torch.from_numpy(target).float(), torch.from_numpy(forget)
-    labels, gamma = torch.from_numpy(data.y_train), float(c["trw-gamma"])
+    device = model_device(model)
+    q, is_forget = torch.from_numpy(target).float().to(device), torch.from_numpy(forget).to(device)
+    labels, gamma = torch.from_numpy(data.y_train).to(device), float(c["trw-gamma"])
 
     def loss_of(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         log_p = torch.log_softmax(logits, 1)

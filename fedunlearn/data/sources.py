@@ -59,21 +59,29 @@ class SyntheticSettings:
     features: int = 20
     classes: int = 4
     label_noise: float = 0.01
+    test_samples: int = 0  # 0: a fifth of ``samples``; else a test set of this size beside ``samples`` train samples
 
     def validate(self) -> None:
         require(0 <= self.label_noise < 1, "label_noise", f"must be in [0, 1) (got {self.label_noise})")
         require(self.classes >= 2, "classes", f"must be >= 2 (got {self.classes})")
         require(self.features >= 2, "features", f"must be >= 2 (got {self.features})")
         require(self.samples >= 10 * self.classes, "samples", f"must be >= 10 x classes (got {self.samples})")
+        require(self.test_samples >= 0, "test_samples", f"must be >= 0 (got {self.test_samples}); 0 means a fifth "
+                "of samples")
 
 
 def load_synthetic_dataset(settings: SyntheticSettings, seed: int) -> Dataset:
-    """Seeded Gaussian-cluster classification (scikit-learn ``make_classification``), 80/20 split."""
+    """Seeded Gaussian-cluster classification (scikit-learn ``make_classification``).
+
+    Split 80/20, or, with ``test_samples``, ``samples`` train samples and ``test_samples`` test
+    samples (a test set that stays the same size as a federation grows).
+    """
     from sklearn.datasets import make_classification
 
     n_informative = max(2, min(settings.features, settings.classes * 2))
+    n_test = settings.test_samples or settings.samples // 5
     x, y = make_classification(
-        n_samples=settings.samples,
+        n_samples=settings.samples + settings.test_samples,
         n_features=settings.features,
         n_informative=n_informative,
         n_redundant=0,
@@ -83,7 +91,6 @@ def load_synthetic_dataset(settings: SyntheticSettings, seed: int) -> Dataset:
         flip_y=settings.label_noise,
         random_state=seed,
     )
-    n_test = len(y) // 5
     return Dataset(
         x[n_test:].astype(np.float32), y[n_test:].astype(np.int64),
         x[:n_test].astype(np.float32), y[:n_test].astype(np.int64),

@@ -74,6 +74,7 @@ def _handler(behaviour_name: str):
         pid = _partition_id(context)
         spec = str(config["federation"])
         _, model = _federation(spec)
+        model.to(str(config.get("device", "cpu")))  # "cuda" when the actor was given a (share of a) GPU
         set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
         extra = {k: r.to_numpy_ndarrays() for k, r in msg.content.array_records.items() if k != "arrays"}
         request = ClientRequest(config, client_seed(int(config["seed"]), int(config["server-round"]), pid), extra)

@@ -313,7 +313,9 @@ def federation_spec(cfg: ExperimentConfig) -> str:
 
 
 def local_recipe(cfg: ExperimentConfig) -> dict:
-    """The config every training client receives: federation spec and local SGD recipe."""
+    """The config every training client receives: federation spec, local SGD recipe, and its device
+    (``cuda`` when ``simulation.num_gpus`` gives each client actor a GPU or a share of one)."""
     t = cfg.train
     return {"federation": federation_spec(cfg), "local-epochs": t.local_epochs,
-            "batch-size": t.batch_size, "lr": t.lr, "momentum": t.momentum}
+            "batch-size": t.batch_size, "lr": t.lr, "momentum": t.momentum,
+            "device": "cuda" if cfg.simulation.num_gpus > 0 else "cpu"}
