@@ -155,6 +155,7 @@ def test_one_pass_polling_checks_each_stored_message_once_per_tick_whatever_the_
 def test_the_engines_partition_map_is_kept_for_the_server_app(link, monkeypatch):
     monkeypatch.setattr(compat, "_node_partitions", {})
     compat.fast_node_polling()  # also wraps the engine's node registration
+    assert compat.recording_partitions()
     _, _, mapping = link(20)
     assert compat.simulated_partitions(set(mapping)) == {p: n for n, p in mapping.items()}
     assert compat.simulated_partitions(set(list(mapping)[:19])) is None  # not these nodes: ask them
@@ -171,4 +172,4 @@ def test_registration_patch_leaves_unknown_code_alone_and_warns(monkeypatch):
     monkeypatch.setattr(compat, "_warned", set())
     with pytest.warns(RuntimeWarning, match="registration changed"):
         compat.fast_node_polling()
-    assert vce_api._register_nodes is register_nodes
+    assert vce_api._register_nodes is register_nodes and not compat.recording_partitions()

@@ -156,6 +156,15 @@ def _record_node_partitions() -> bool:
     return True
 
 
+def recording_partitions() -> bool:
+    """Whether the engine's node registration is wrapped (:func:`fast_node_polling` ran in this process)."""
+    try:
+        from flwr.server.superlink.fleet.vce import vce_api
+    except ImportError:
+        return False
+    return bool(getattr(getattr(vce_api, "_register_nodes", None), "fedunlearn_patched", False))
+
+
 def simulated_partitions(node_ids: Any) -> dict[int, int] | None:
     """Partition id -> node id, as the running Simulation Engine assigned them to ``node_ids``.
 
