@@ -58,11 +58,6 @@ def tree_memory(root_pid: int) -> dict[str, int]:
     return split
 
 
-def tree_rss_bytes(root_pid: int) -> int:
-    """Resident memory of ``root_pid`` and all its descendants."""
-    return tree_memory(root_pid)["total"]
-
-
 class PeakMemory:
     """Samples the tree of ``root_pid`` (default: this process) every 0.2 s while in use.
 

@@ -183,7 +183,7 @@ def main() -> None:
         variants = {
             f"simulation, 2 actors x 1 CPU{share} (fedunlearn's 5 ms polling)": (half, fast),
             f"simulation, 1 actor x 2 CPUs{' + 1 GPU' if share else ''}": (["simulation.num_cpus=2", *whole], fast),
-            f"simulation, 2 actors x 1 CPU{share}, Flower's 0.1 s polling": (half, 0.1),
+            f"simulation, 2 actors x 1 CPU{share}, Flower's 0.1 s polling interval": (half, 0.1),
         }
         for j, (variant, (extra, poll)) in enumerate(variants.items()):
             print(f"[{name}] {variant} ...", file=sys.stderr, flush=True)

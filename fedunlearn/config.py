@@ -134,6 +134,9 @@ class SimulationConfig:
     machine (or the cluster at ``ray_address``) before Ray starts. A client that fails in
     ``max_failed_rounds`` rounds in a row stops the run (its tracebacks are in failures.log); a
     client that does not answer within ``round_timeout_s`` seconds counts as failed in that round.
+    With ``num_gpus`` > 0 (a share such as 0.5 puts two clients on one GPU) clients train on the
+    GPU (:attr:`client_device`); GPU arithmetic is not the CPU's, so the device is part of a
+    training run's settings record (``fedunlearn.provenance``).
     """
 
     num_cpus: float = 1.0
@@ -150,6 +153,11 @@ class SimulationConfig:
         require(self.max_failed_rounds >= 1, "max_failed_rounds", f"must be >= 1 (got {self.max_failed_rounds})")
         require(math.isfinite(self.round_timeout_s) and self.round_timeout_s > 0, "round_timeout_s",
                 f"must be a finite number of seconds > 0 (got {self.round_timeout_s})")
+
+    @property
+    def client_device(self) -> str:
+        """Where clients train: ``"cuda"`` when each actor is given a GPU or a share of one, else ``"cpu"``."""
+        return "cuda" if self.num_gpus > 0 else "cpu"
 
 
 REQUEST_KINDS = ("client", "samples", "class")

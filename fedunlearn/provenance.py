@@ -131,14 +131,17 @@ def training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     decide which snapshots are kept and their clients which forget accuracy rounds.csv reports.
     ``train.rounds`` is out, so training can be extended by resuming with more rounds (round t
     never depends on how many follow); what depends on the final model adds it back.
-    ``simulation`` is out too: it changes where and how fast, not what.
+    ``simulation`` is out too: it changes where and how fast, not what; except the clients' device
+    (a GPU's arithmetic is not the CPU's), which is in when it is not the CPU (so the records of
+    CPU runs stay as they were).
     """
     raw = config_to_dict(cfg)
     train = {k: v for k, v in raw["train"].items() if k != "rounds"}
+    device = cfg.simulation.client_device
     return {"seed": cfg.seed, "data": _used(raw["data"], [cfg.data.name, cfg.data.partition]),
             "model": _used(raw["model"], [cfg.model.name]), "train": train,
             "store": {"history": cfg.store.history, "dtype": cfg.store.dtype},
-            "forget": [request_record(r) for r in cfg.forget]}
+            "forget": [request_record(r) for r in cfg.forget], **({"device": device} if device != "cpu" else {})}
 
 
 def request_record(request: ForgetRequest) -> dict[str, Any]:

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import MessageType
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MessageType
 
 from fedunlearn.config import load_config
 from fedunlearn.data import ClientPartitions, federated_data
-from fedunlearn.evaluation import mia
+from fedunlearn.evaluation import Scorer, mia
 from fedunlearn.flower import compat
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.parts import for_seed
+from fedunlearn.provenance import training_settings
 from fedunlearn.report import federation as figure
+from fedunlearn.store import PseudoGradientStore
+from fedunlearn.strategies import RecordingFedAvg
 from fedunlearn.strategies.fedavg import local_recipe
 from tests.local_grid import LocalGrid
 
@@ -57,14 +61,15 @@ def test_clients_cut_on_demand_are_the_partition_and_the_poisoned_samples_are_se
     cfg, data = backdoored()
     clients = data.clients
     assert isinstance(clients, ClientPartitions) and len(clients) == 8
-    assert clients.sizes() == [c.num_examples for c in clients]
-    assert sum(clients.sizes()) + len(data.y_test) == 1797  # every digit once
+    sizes = [c.num_examples for c in clients]
+    assert sizes == [len(idx) for idx in clients._parts]
+    assert sum(sizes) + len(data.y_test) == 1797  # every digit once
     assert [len(c.poisoned) > 0 for c in clients] == [i in (2, 5) for i in range(8)]
     again = ClientPartitions(clients._ds, clients._parts, cfg.data.backdoor, cfg.seed)  # a fresh actor's view
     for i in (2, 5, 7):
         np.testing.assert_array_equal(again[i].x_train, clients[i].x_train)
         np.testing.assert_array_equal(again[i].poisoned, clients[i].poisoned)
-    assert clients[-1] is clients[7] and [c.num_examples for c in clients[1:3]] == clients.sizes()[1:3]
+    assert clients[-1] is clients[7] and [c.num_examples for c in clients[1:3]] == sizes[1:3]
     with pytest.raises(IndexError):
         clients[8]
     assert data.backdoored == [2, 5]
@@ -113,6 +118,20 @@ def test_synthetic_test_set_size_can_stay_fixed_as_the_federation_grows():
     assert len(ds.y_train) == 4000 and len(ds.y_test) == 1000
 
 
-def test_clients_train_on_a_gpu_only_when_given_a_share_of_one():
-    assert local_recipe(load_config(None, []))["device"] == "cpu"
-    assert local_recipe(load_config(None, ["simulation.num_gpus=0.25"]))["device"] == "cuda"
+def test_clients_train_on_a_gpu_only_when_given_a_share_of_one_and_the_record_says_so():
+    cpu, gpu = load_config(None, []), load_config(None, ["simulation.num_gpus=0.25"])
+    assert local_recipe(cpu)["device"] == "cpu" and local_recipe(gpu)["device"] == "cuda"
+    assert "device" not in training_settings(cpu)  # CPU runs' records stay what they were
+    assert training_settings(gpu) == {**training_settings(cpu), "device": "cuda"}
+    assert training_settings(load_config(None, ["simulation.num_cpus=2"])) == training_settings(cpu)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a GPU-less client gives")
+def test_a_client_asked_for_a_gpu_it_does_not_have_says_so():
+    cfg = load_config(None, ["simulation.num_gpus=1", "data.num_clients=3"])
+    fed = Federation(LocalGrid(3), 3)
+    strategy = RecordingFedAvg.from_config(cfg, PseudoGradientStore(), fed.node_of, range(3))
+    replies = fed.grid.send_and_receive(strategy.configure_train(1, ArrayRecord(Scorer(
+        cfg, federated_data(cfg.data, cfg.seed)).initial_weights()), ConfigRecord(), fed.grid))
+    reasons = [r.error.reason for r in replies]
+    assert len(reasons) == 3 and all("simulation.num_gpus > 0 asks clients to train on a GPU" in r for r in reasons)

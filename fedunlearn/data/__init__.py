@@ -61,8 +61,9 @@ class ClientPartitions(Sequence):
     """Every client's :class:`ClientData`, cut from the data set when first asked for.
 
     A client actor trains a few clients of a large federation: cutting (and, for backdoor clients,
-    poisoning) a client's samples only when it is asked for keeps one copy of the data set per
-    process instead of two. The last :data:`CACHED` clients cut are kept.
+    poisoning) a client's samples only when it is asked for spares a second copy of the whole
+    training set per process. The last :attr:`CACHED` clients cut are kept (in a federation of
+    at most that many, all of them). Used from one thread: the cache is not locked.
     """
 
     CACHED = 256
@@ -96,10 +97,6 @@ class ClientPartitions(Sequence):
             x, y, poisoned = poison(x, y, b, client_rng)
         return ClientData(x, y, poisoned)
 
-    def sizes(self) -> list[int]:
-        """Each client's number of train samples (without cutting any)."""
-        return [len(idx) for idx in self._parts]
-
 
 @dataclass
 class FederatedData:
@@ -118,6 +115,7 @@ class FederatedData:
         """Concatenated train data of ``clients``."""
         return (np.concatenate([self.clients[c].x_train for c in clients]),
                 np.concatenate([self.clients[c].y_train for c in clients]))
+
 
 def data_parts(cfg: DataConfig) -> tuple[Part, Part]:
     """The data set and partitioner the config names, every ``[data.NAME]`` table checked (ConfigError if bad)."""

@@ -47,7 +47,8 @@ def svc_mia_efficacy(conf_retain: np.ndarray, conf_test: np.ndarray, conf_forget
     """Share of forget samples an SVC trained on retain (members) vs test (non-members) calls non-members."""
     n = min(len(conf_test), len(conf_retain), SVC_MAX_SAMPLES)
     members = conf_retain[rng.choice(len(conf_retain), size=n, replace=False)]
-    non_members = conf_test[:n] if n == len(conf_test) else conf_test[rng.choice(len(conf_test), size=n, replace=False)]
+    capped = len(conf_test) > SVC_MAX_SAMPLES  # below the cap, the first n as always
+    non_members = conf_test[rng.choice(len(conf_test), size=n, replace=False)] if capped else conf_test[:n]
     x = np.concatenate([members, non_members])[:, None]
     y = np.concatenate([np.ones(n), np.zeros(n)])
     clf = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)

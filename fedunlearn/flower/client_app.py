@@ -66,6 +66,19 @@ def _local_data(spec: str, pid: int, seed: int, exclude_json: str, only_json: st
     return client.subset(kept)
 
 
+def _device(name: str) -> str:
+    """The device asked for ("cuda" when the actor was given a GPU or a share of one), or a clear error."""
+    if name == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("simulation.num_gpus > 0 asks clients to train on a GPU, but this client's process "
+                               "sees none; give its node a GPU or set simulation.num_gpus = 0")
+        torch.backends.cudnn.benchmark = False  # cuDNN's autotuner picks kernels by timing: not reproducible
+        torch.backends.cudnn.deterministic = True
+    return name
+
+
 def _handler(behaviour_name: str):
     behaviour = BEHAVIOURS.factory(behaviour_name)
 
@@ -74,7 +87,7 @@ def _handler(behaviour_name: str):
         pid = _partition_id(context)
         spec = str(config["federation"])
         _, model = _federation(spec)
-        model.to(str(config.get("device", "cpu")))  # "cuda" when the actor was given a (share of a) GPU
+        model.to(_device(str(config.get("device", "cpu"))))
         set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
         extra = {k: r.to_numpy_ndarrays() for k, r in msg.content.array_records.items() if k != "arrays"}
         request = ClientRequest(config, client_seed(int(config["seed"]), int(config["server-round"]), pid), extra)

@@ -107,7 +107,8 @@ def next_message_per_node(state: Any, node_ids: Any) -> list[Any]:
 
     The same checks in the same order as flwr 1.41's ``InMemoryLinkState.get_message_ins`` (expired
     or orphaned messages are dropped; the first undelivered message of each node is taken and
-    marked delivered), scanning the store once instead of once per node.
+    marked delivered), scanning the store once instead of once per node; returned in the order
+    of ``node_ids`` (a node -> partition map, as Flower's loop walks it).
     """
     from flwr.supercore.date import now
 
@@ -124,7 +125,7 @@ def next_message_per_node(state: Any, node_ids: Any) -> list[Any]:
     delivered_at = now().isoformat()
     for msg in picked.values():
         msg.metadata.delivered_at = delivered_at
-    return list(picked.values())
+    return [picked[n] for n in sorted(picked, key=lambda n: node_ids[n])]
 
 
 _node_partitions: dict[int, int] = {}

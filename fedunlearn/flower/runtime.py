@@ -168,8 +168,9 @@ class Federation:
     def _discover(self, simulated: bool) -> dict[int, int]:
         """Partition id -> node id (node ids are random 64-bit numbers each run).
 
-        On a simulation's grid, the Simulation Engine's own map when it ran in this process
-        (:func:`compat.simulated_partitions`); otherwise every node is asked for its ``partition-id``.
+        The Simulation Engine's own map when it registered exactly these nodes in this process
+        (:func:`compat.simulated_partitions`; on a simulation's grid it is awaited up to 2 s after
+        the last node is up); otherwise every node is asked for its ``partition-id``.
         """
         deadline = time.monotonic() + 60
         while len(nodes := set(self.grid.get_node_ids())) < self.num_clients:

@@ -64,7 +64,7 @@ def draw_label_distribution(data: FederatedData, forgotten: list[int], path: Pat
     ax.set_xticks(x, [f"{r['client']}*" if r["forgotten"] else str(r["client"]) for r in rows],
                   fontsize=8 if len(rows) <= 40 else 5)
     sample = "" if len(shown) == len(data.clients) else (
-        f"; {len(shown)} of {len(data.clients):,} clients shown: the forgotten and poisoned ones, then the lowest ids")
+        f"; {len(shown)} of {len(data.clients):,} clients shown: forgotten and poisoned ones first, then the lowest ids")
     ax.set_xlabel(f"client (* = forgotten){sample}")
     ax.set_ylabel("training samples (count, by the label trained on)")
     ax.set_title(title)

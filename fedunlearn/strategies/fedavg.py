@@ -318,4 +318,4 @@ def local_recipe(cfg: ExperimentConfig) -> dict:
     t = cfg.train
     return {"federation": federation_spec(cfg), "local-epochs": t.local_epochs,
             "batch-size": t.batch_size, "lr": t.lr, "momentum": t.momentum,
-            "device": "cuda" if cfg.simulation.num_gpus > 0 else "cpu"}
+            "device": cfg.simulation.client_device}
