@@ -58,18 +58,34 @@ def fast_node_polling() -> bool:
     engine's node -> partition map (:func:`simulated_partitions`). Returns whether the polling
     patch is in place (already, or now).
     """
-    _record_node_partitions()
+    _patch_engine("_register_nodes", REGISTER_NODES_SOURCE_SHA256, "Flower's simulated SuperNode registration",
+                  _recording_registration)
+    return _patch_engine("add_messages_to_queue", NODE_POLLING_SOURCE_SHA256,
+                         "Flower's simulated SuperNode polling loop", _one_pass_polling)
+
+
+def _patch_engine(name: str, sha256: str, what: str, replacement_for) -> bool:
+    """Replace the Simulation Engine's ``vce_api.<name>`` by ``replacement_for(original)`` when its
+    source is flwr 1.41's (``sha256``); else warn once and leave it. Whether the patch is in place."""
     try:
         from flwr.server.superlink.fleet.vce import vce_api
-        original = vce_api.add_messages_to_queue
+        original = getattr(vce_api, name)
     except (ImportError, AttributeError):
-        _warn_once("node-polling", "Flower's simulated SuperNode polling loop was not found")
+        _warn_once(name, f"{what} was not found")
         return False
     if getattr(original, "fedunlearn_patched", False):
         return True
-    if source_sha256(original) != NODE_POLLING_SOURCE_SHA256:
-        _warn_once("node-polling", "Flower's simulated SuperNode polling loop changed (not flwr 1.41's)")
+    if source_sha256(original) != sha256:
+        _warn_once(name, f"{what} changed (not flwr 1.41's)")
         return False
+    replacement = replacement_for(original)
+    replacement.fedunlearn_patched = True
+    setattr(vce_api, name, replacement)
+    return True
+
+
+def _one_pass_polling(original):
+    """flwr 1.41's polling loop at :data:`POLL_INTERVAL_S`, one pass over the store per tick where it can."""
     one_pass = _one_pass_state_class()
 
     def add_messages_to_queue(state, queue, nodes_mapping, f_stop) -> None:
@@ -82,9 +98,7 @@ def fast_node_polling() -> bool:
                 queue.put(msg)
             f_stop.wait(POLL_INTERVAL_S)
 
-    add_messages_to_queue.fedunlearn_patched = True
-    vce_api.add_messages_to_queue = add_messages_to_queue
-    return True
+    return add_messages_to_queue
 
 
 def _one_pass_state_class() -> type | None:
@@ -131,20 +145,8 @@ def next_message_per_node(state: Any, node_ids: Any) -> list[Any]:
 _node_partitions: dict[int, int] = {}
 
 
-def _record_node_partitions() -> bool:
-    """Wrap flwr 1.41's ``vce_api._register_nodes`` so the node -> partition map it builds is kept."""
-    try:
-        from flwr.server.superlink.fleet.vce import vce_api
-        original = vce_api._register_nodes
-    except (ImportError, AttributeError):
-        _warn_once("partitions", "Flower's simulated SuperNode registration was not found")
-        return False
-    if getattr(original, "fedunlearn_patched", False):
-        return True
-    if source_sha256(original) != REGISTER_NODES_SOURCE_SHA256:
-        _warn_once("partitions", "Flower's simulated SuperNode registration changed (not flwr 1.41's); "
-                   "partitions are discovered by asking every node")
-        return False
+def _recording_registration(original):
+    """flwr 1.41's node registration, keeping the node -> partition map it builds (:func:`simulated_partitions`)."""
 
     def register_nodes(num_nodes, state_factory):
         mapping = original(num_nodes=num_nodes, state_factory=state_factory)
@@ -152,9 +154,7 @@ def _record_node_partitions() -> bool:
         _node_partitions.update(mapping)
         return mapping
 
-    register_nodes.fedunlearn_patched = True
-    vce_api._register_nodes = register_nodes
-    return True
+    return register_nodes
 
 
 def recording_partitions() -> bool:
