@@ -55,17 +55,22 @@ class DataConfig:
     """Which data set, how it is split among clients, and which clients are poisoned.
 
     The data set's and the partitioner's own settings are tables named after them, e.g.
-    ``[data.dirichlet] alpha = 0.5`` or ``[data.mnist] root = "/data"``.
+    ``[data.dirichlet] alpha = 0.5`` or ``[data.mnist] root = "/data"``. ``validation`` is the
+    share of the training pool held out (seeded, stratified) before partitioning: no client trains
+    on it, and the protocol's own choices read it instead of the test set (docs/methods.md).
     """
 
     name: str = "digits"
     num_clients: int = 10
     partition: str = "dirichlet"
+    validation: float = 0.0
     backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
     settings: dict[str, dict[str, Any]] = parts_field()
 
     def validate(self) -> None:
         require(self.num_clients >= 2, "num_clients", f"must be >= 2 (got {self.num_clients})")
+        require(0 <= self.validation < 0.5, "validation",
+                f"must be in [0, 0.5) (got {self.validation}); 0 holds no validation split out")
         for c in self.backdoor.clients:
             if isinstance(c, str):
                 require(c in (*CLIENT_RULES, "forgotten"), "backdoor.clients",
@@ -263,8 +268,9 @@ class ProbeConfig:
     every client) and the forget metric is measured after every round; the delay is the first
     round at which it reaches (1 − ``alpha``) times the original model's value ((1 + alpha) for a
     loss), capped at ``max_rounds`` (censored beyond). Mode ``"alone"`` lets the forgotten clients
-    train alone and counts local SGD steps at ``alone_lr`` (a round relearns a backdoor at once),
-    simulated on the server step by step, capped at ``alone_max_steps``. ``metric = "auto"`` is
+    train alone on their forget data and counts local SGD steps at ``alone_lr`` (a whole local run
+    relearns a backdoor at once): one Flower round per step (client behaviour ``probe``), capped at
+    ``alone_max_steps``. ``metric = "auto"`` is
     ``backdoor`` (attack success rate) when the experiment has a backdoor, else ``forget_acc``.
     """
 

@@ -85,10 +85,19 @@ def resnet_gn(input_shape: tuple[int, ...], num_classes: int, settings: object) 
     )
 
 
+def logreg(input_shape: tuple[int, ...], num_classes: int, settings: object) -> nn.Module:
+    """Logistic regression: one linear layer on the flattened input (softmax cross-entropy in training).
+
+    The convex model of the "ascent fails to forget" demonstration (docs/methods.md, "Ascent fails").
+    """
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), num_classes))
+
+
 MODELS: Registry = Registry("model", "model.name")
 MODELS.register("mlp", mlp, settings=HiddenWidth)
 MODELS.register("cnn", cnn, settings=HiddenWidth)
 MODELS.register("resnet_gn", resnet_gn)
+MODELS.register("logreg", logreg)
 
 
 def model_part(cfg: ModelConfig) -> Part:

@@ -133,12 +133,15 @@ def training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     never depends on how many follow); what depends on the final model adds it back.
     ``simulation`` is out too: it changes where and how fast, not what; except the clients' device
     (a GPU's arithmetic is not the CPU's), which is in when it is not the CPU (so the records of
-    CPU runs stay as they were).
+    CPU runs stay as they were); ``data.validation`` likewise only when a split is held out.
     """
     raw = config_to_dict(cfg)
     train = {k: v for k, v in raw["train"].items() if k != "rounds"}
     device = cfg.simulation.client_device
-    return {"seed": cfg.seed, "data": _used(raw["data"], [cfg.data.name, cfg.data.partition]),
+    data = _used(raw["data"], [cfg.data.name, cfg.data.partition])
+    if not cfg.data.validation:  # no split: the records of runs from before the setting stay as they were
+        data.pop("validation", None)
+    return {"seed": cfg.seed, "data": data,
             "model": _used(raw["model"], [cfg.model.name]), "train": train,
             "store": {"history": cfg.store.history, "dtype": cfg.store.dtype},
             "forget": [request_record(r) for r in cfg.forget], **({"device": device} if device != "cpu" else {})}
@@ -178,4 +181,6 @@ def probe_settings(cfg: ExperimentConfig, mode: str, model: str, original: str) 
     probe settings that mode reads, and the training recipe (inside the original's fingerprint)."""
     probe = {"metric": cfg.probe_metric(), "alpha": cfg.probe.alpha,
              **{k: getattr(cfg.probe, k) for k in PROBE_KEYS[mode]}}
+    if mode == "alone":  # a probe simulated on the server (before the alone mode ran as Flower rounds) is not reused
+        probe["runs"] = "one Flower round per SGD step"
     return {"mode": mode, "model": model, "original": original, "probe": probe}

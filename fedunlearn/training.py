@@ -52,18 +52,22 @@ def train_local(
     after_step: Callable[[nn.Module], bool] | None = None,
     max_steps: int | None = None,
     loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    weight_decay: float = 0.0,
 ) -> LocalTrainResult:
     """Mini-batch SGD on (x, y) in place, batches shuffled by a generator seeded with ``seed``.
 
     ``ascent`` maximises the loss instead (gradient ascent). ``after_step`` runs after every
     optimiser step and stops training when it returns True (used by PGA's projection).
-    ``loss_of(logits, batch_indices)`` replaces cross-entropy (TRW's per-sample targets). The data
-    goes to the model's device; batches are drawn on the CPU, so the order is the same on any device.
+    ``loss_of(logits, batch_indices)`` replaces cross-entropy (TRW's per-sample targets).
+    ``augment`` maps each input batch before the forward pass (augmentation during unlearning);
+    ``weight_decay`` λ makes each step w ← w − η(∇ℓ + λw) (client-side IEU). The data goes to the
+    model's device; batches are drawn on the CPU, so the order is the same on any device.
     """
     device = model_device(model)
     xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     total, steps = 0.0, 0
@@ -71,7 +75,8 @@ def train_local(
         for batch in torch.randperm(len(yt), generator=gen).split(batch_size):
             batch = batch.to(device)
             opt.zero_grad(set_to_none=True)
-            logits = model(xt[batch])
+            inputs = xt[batch] if augment is None else augment(xt[batch])
+            logits = model(inputs)
             loss = loss_fn(logits, yt[batch]) if loss_of is None else loss_of(logits, batch)
             (-loss if ascent else loss).backward()
             if clip_norm is not None:
@@ -94,3 +99,41 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 2048) -> t
         return model(torch.zeros((1, *xt.shape[1:]), dtype=xt.dtype, device=device))[:0].cpu()
     return torch.cat([model(xt[i:i + batch_size].to(device)).cpu() for i in range(0, len(xt), batch_size)])
 
+
+
+def batch_gradient_stats(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int,
+                         seed: int) -> tuple[Weights, Weights, int]:
+    """Per coordinate, the mean and standard deviation (ddof 1) over B mini-batches of the loss gradient.
+
+    The gradients are taken at the model's current weights (no step is made), on mini-batches of
+    a permutation seeded by ``seed``; B = ⌈n / batch_size⌉, or 2 when that is 1. Returned in
+    state-dict order, zeros for buffers (they are not trained). Feasible-update masking reads them
+    (docs/methods.md, "Feasible-update masking").
+    """
+    n = len(y)
+    if n < 2:
+        raise ValueError(f"gradient statistics need at least 2 samples, this client has {n}")
+    size = batch_size if n > batch_size else -(-n // 2)
+    device = model_device(model)
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    params = dict(model.named_parameters())
+    names = list(model.state_dict().keys())
+    total = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in params.items()}
+    squares = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in params.items()}
+    model.train()
+    batches = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).split(size)
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(xt[batch.to(device)]), yt[batch.to(device)]).backward()
+        for k, p in params.items():
+            g = p.grad.detach().double()
+            total[k] += g
+            squares[k] += g * g
+    model.zero_grad(set_to_none=True)
+    b = len(batches)
+    mean = {k: total[k] / b for k in params}
+    std = {k: ((squares[k] - b * mean[k] ** 2).clamp_min(0) / (b - 1)).sqrt() for k in params}
+    state = model.state_dict()
+    means = [mean[k].float().cpu().numpy() if k in params else np.zeros(state[k].shape, np.float32) for k in names]
+    stds = [std[k].float().cpu().numpy() if k in params else np.zeros(state[k].shape, np.float32) for k in names]
+    return means, stds, b

@@ -32,14 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 3
 STRATEGIES = ["retrain", "puf"]
 # Few federated rounds (each is a process per message under the Deployment Engine): 1 training
-# round, retrain's 1 round, PUF's unlearning round without recovery; the probe runs "alone"
-# (server-side SGD steps, no federated round).
+# round, retrain's 1 round, PUF's unlearning round without recovery; the probe runs "alone" for
+# 2 SGD steps (one federated round each: the ClientApp's Context.state carries the momentum).
 TINY = [f"data.num_clients={CLIENTS}", "data.partition=iid", "model.name=mlp", "model.mlp.hidden=32",
         "train.rounds=1", "train.local_epochs=1", "train.batch_size=16", "store.history=true",
         "data.backdoor.clients=[]", "forget=[{clients=[0]}]", f"forgetting.strategies={STRATEGIES}",
         "forgetting.recovery=fixed", "forgetting.recovery_rounds=0", "forgetting.min_original_test_acc=0",
         "forgetting.check_separation=false", "probe.metric=auto", "probe.modes=['alone']",
-        "probe.alone_max_steps=10", "simulation.num_cpus=1"]
+        "probe.alone_max_steps=2", "simulation.num_cpus=1"]
 TIMING_COLUMNS = {"wall_s"}
 
 

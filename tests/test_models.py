@@ -36,5 +36,5 @@ def test_cnn_refuses_tabular_inputs():
         build_model(ModelConfig(name="cnn"), (20,), 3, seed=0)
 
 
-def test_registry_lists_the_three_models():
-    assert MODELS.names() == ["cnn", "mlp", "resnet_gn"]
+def test_registry_lists_the_built_in_models():
+    assert MODELS.names() == ["cnn", "logreg", "mlp", "resnet_gn"]

@@ -10,6 +10,7 @@ plain ``train`` messages. Adding one is one file here and one line below.
 from __future__ import annotations
 
 from fedunlearn.clients.ascent import ascent_behaviour
+from fedunlearn.clients.probe import probe_behaviour
 from fedunlearn.clients.request import ClientRequest, LocalRun
 from fedunlearn.clients.train import train_behaviour
 from fedunlearn.clients.trw import trw_behaviour
@@ -19,5 +20,6 @@ BEHAVIOURS: Registry = Registry("client behaviour", "message type")
 BEHAVIOURS.register("default", train_behaviour)
 BEHAVIOURS.register("ascent", ascent_behaviour)
 BEHAVIOURS.register("trw", trw_behaviour)
+BEHAVIOURS.register("probe", probe_behaviour)
 
 __all__ = ["BEHAVIOURS", "ClientRequest", "LocalRun"]

@@ -32,11 +32,13 @@ DATASETS.register("synthetic", sources.load_synthetic_dataset)
 DATASETS.register("mnist", sources._torchvision_loader("MNIST", "mnist"))
 DATASETS.register("fashion-mnist", sources._torchvision_loader("FashionMNIST", "fashion-mnist"))
 DATASETS.register("cifar10", sources.load_cifar10_dataset)
+DATASETS.register("dependent", sources.load_dependent_dataset)
 
 PARTITIONERS: Registry = Registry("partitioner", "data.partition")
 PARTITIONERS.register("iid", partition.iid_partition)
 PARTITIONERS.register("dirichlet", partition.dirichlet_partition)
 PARTITIONERS.register("shards", partition.shard_partition)
+PARTITIONERS.register("grouped", partition.grouped_partition)
 
 
 @dataclass
@@ -110,6 +112,8 @@ class FederatedData:
     x_attack: np.ndarray | None = None
     y_attack: np.ndarray | None = None
     backdoored: list[int] = field(default_factory=list)
+    x_val: np.ndarray | None = None  # the validation split (``data.validation``), held out of every client
+    y_val: np.ndarray | None = None
 
     def union(self, clients: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Concatenated train data of ``clients``."""
@@ -124,12 +128,40 @@ def data_parts(cfg: DataConfig) -> tuple[Part, Part]:
     return source, splitter
 
 
+def validation_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, pool): sorted train indices, ``share`` of every class held out (rounded), seeded by ``seed``.
+
+    Drawn with its own Generator, so with ``share = 0`` (pool = every index) the partition is what
+    it was without a validation split (docs/methods.md, "Evaluation").
+    """
+    if share <= 0:
+        return np.zeros(0, dtype=np.int64), np.arange(len(labels))
+    rng = np.random.default_rng([seed, 0x7A1])
+    held = [rng.permutation(idx)[:int(round(share * len(idx)))]
+            for idx in (np.flatnonzero(labels == c) for c in np.unique(labels))]
+    val = np.sort(np.concatenate(held)).astype(np.int64)
+    return val, np.setdiff1d(np.arange(len(labels)), val)
+
+
 def partition(cfg: DataConfig, seed: int) -> tuple[Dataset, list[np.ndarray]]:
-    """The data set and each client's train indices (a Generator seeded by ``seed``); none may be empty."""
+    """The data set and each client's train indices (a Generator seeded by ``seed``); none may be empty.
+
+    The validation split (``data.validation``) is held out first; the partitioner splits the rest.
+    """
     source, splitter = data_parts(cfg)
     ds = _load(source, cfg, seed)
+    _, pool = validation_split(ds.y_train, cfg.validation, seed)
+    labels, groups = ds.y_train[pool], (ds.groups[pool] if ds.groups is not None else None)
     rng = np.random.default_rng(seed)
-    parts = splitter.obj(ds.y_train, cfg.num_clients, splitter.build_settings(cfg.settings, "data."), rng)
+    settings = splitter.build_settings(cfg.settings, "data.")
+    if getattr(splitter.obj, "by_group", False):  # it places samples by the data set's groups
+        if groups is None:
+            raise ConfigError(f"data.partition: {cfg.partition!r} places samples by group and data set {cfg.name!r} "
+                              "has none; use a data set with groups (dependent) or another partitioner")
+        parts = splitter.obj(labels, cfg.num_clients, settings, rng, groups=groups)
+    else:
+        parts = splitter.obj(labels, cfg.num_clients, settings, rng)
+    parts = [pool[np.asarray(idx, dtype=np.int64)] for idx in parts]  # pool positions -> train indices
     empty = [i for i, idx in enumerate(parts) if len(idx) == 0]
     if empty:
         raise ConfigError(f"data.num_clients: client {empty[0]} gets no training sample ({len(empty)} such clients of "
@@ -151,7 +183,8 @@ def _loaded(key: str) -> Dataset:
 
 
 def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
-    """Load the data set, partition it with a Generator seeded by ``seed``, poison backdoor clients."""
+    """Load the data set, hold out the validation split, partition the rest with a Generator seeded by
+    ``seed``, poison backdoor clients (never the validation split)."""
     b = cfg.backdoor
     if any(isinstance(c, str) for c in b.clients):
         raise ConfigError("data.backdoor.clients: rules must be resolved per seed first (fedunlearn.parts.for_seed)")
@@ -161,6 +194,9 @@ def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
                           f"(0..{ds.num_classes - 1})")
     clients = ClientPartitions(ds, parts, b, seed)
     fd = FederatedData(clients, ds.x_test, ds.y_test, ds.num_classes, ds.input_shape, backdoored=sorted(b.clients))
+    if cfg.validation > 0:
+        val, _ = validation_split(ds.y_train, cfg.validation, seed)
+        fd.x_val, fd.y_val = ds.x_train[val], ds.y_train[val]
     if b.clients and b.patch_size > 0:  # no trigger, no attack to measure
         fd.x_attack, fd.y_attack = attack_set(ds.x_test, ds.y_test, b)
     return fd

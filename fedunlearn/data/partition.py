@@ -7,12 +7,13 @@ disjointness, completeness, seeding and the effect of alpha.
 
 Each partitioner takes the labels, the number of clients, its settings and a seeded numpy
 Generator and returns one sorted index array per client; together they cover every sample exactly
-once. Its settings are the table named after it (``[data.dirichlet] alpha = 0.5``).
+once. Its settings are the table named after it (``[data.dirichlet] alpha = 0.5``). A partitioner
+whose attribute ``by_group`` is true is also given the data set's per-sample groups (``groups=``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,47 @@ def shard_partition(labels: np.ndarray, num_clients: int, settings: ShardSetting
     dealt = rng.permutation(len(shards))
     return [np.sort(np.concatenate([shards[s] for s in dealt[i * c:(i + 1) * c]])) for i in range(k)]
 
+
+@dataclass
+class GroupedSettings:
+    """``[data.grouped]``: the client that holds each sample group (group g >= 1 goes to ``clients[g - 1]``)."""
+
+    clients: list[int] = field(default_factory=lambda: [0])
+
+    def validate(self) -> None:
+        require(bool(self.clients) and min(self.clients) >= 0 and len(set(self.clients)) == len(self.clients),
+                "clients", f"must be distinct client ids >= 0, one per sample group (got {self.clients})")
+
+
+def grouped_partition(labels: np.ndarray, num_clients: int, settings: GroupedSettings, rng: np.random.Generator,
+                      groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """Every sample of group g >= 1 on client ``clients[g - 1]`` alone; group 0 split IID among the others.
+
+    ``groups`` is the data set's per-sample group (``Dataset.groups``, e.g. the forget data of
+    ``dependent``; docs/methods.md, "Ascent fails"); without it every sample is group 0.
+    """
+    groups = np.zeros(len(labels), np.int64) if groups is None else np.asarray(groups)
+    pinned = settings.clients
+    if max(pinned) >= num_clients:
+        raise ConfigError(f"data.grouped.clients: client {max(pinned)} does not exist ({num_clients} clients); "
+                          "choose ids below data.num_clients")
+    if groups.max(initial=0) > len(pinned):
+        raise ConfigError(f"data.grouped.clients: the data set has {int(groups.max())} sample groups and "
+                          f"clients names {len(pinned)}; give one client per group")
+    others = [c for c in range(num_clients) if c not in pinned]
+    if not others:
+        raise ConfigError("data.grouped.clients: names every client; leave some for the ungrouped samples")
+    parts: list[np.ndarray] = [np.zeros(0, np.int64)] * num_clients
+    for g, client in enumerate(pinned, start=1):
+        parts[client] = np.flatnonzero(groups == g)
+    order = rng.permutation(np.flatnonzero(groups == 0))
+    for client, part in zip(others, np.array_split(order, len(others)), strict=True):
+        parts[client] = np.sort(part)
+    return parts
+
+
+grouped_partition.Settings = GroupedSettings
+grouped_partition.by_group = True  # partition() passes the data set's groups
 
 dirichlet_partition.Settings = DirichletSettings
 shard_partition.Settings = ShardSettings

@@ -25,6 +25,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    groups: np.ndarray | None = None  # per train sample: 0, or a group a partitioner may place (partition.grouped_partition)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -99,6 +100,64 @@ def load_synthetic_dataset(settings: SyntheticSettings, seed: int) -> Dataset:
 
 
 load_synthetic_dataset.Settings = SyntheticSettings
+
+
+@dataclass
+class DependentSettings:
+    """``[data.dependent]``: the "ascent fails to forget" construction (docs/methods.md, "Ascent fails").
+
+    ``samples`` train samples, of which a share ``forget_fraction`` is the forget data (group 1),
+    shifted by ``shift`` along the class-separation direction; ``test_samples`` test samples from
+    the retain distribution.
+    """
+
+    samples: int = 2000
+    features: int = 20
+    forget_fraction: float = 0.1
+    shift: float = 1.0
+    test_samples: int = 1000
+
+    def validate(self) -> None:
+        require(self.features >= 1, "features", f"must be >= 1 (got {self.features})")
+        require(0 < self.forget_fraction < 1, "forget_fraction", f"must be in (0, 1) (got {self.forget_fraction})")
+        n_forget = round(self.forget_fraction * self.samples)
+        require(self.samples >= 20 and 1 <= n_forget < self.samples, "samples",
+                f"must be >= 20 and leave forget and retain samples (got {self.samples} with forget_fraction "
+                f"{self.forget_fraction})")
+        require(np.isfinite(self.shift), "shift", f"must be a finite number (got {self.shift})")
+        require(self.test_samples >= 1, "test_samples", f"must be >= 1 (got {self.test_samples})")
+
+
+def load_dependent_dataset(settings: DependentSettings, seed: int) -> Dataset:
+    """Two Gaussian classes whose forget data depends on the retain data (Mavrothalassitis et al.).
+
+    Labels y are drawn uniformly from {0, 1}, class means are μ_0 = −e₁ and μ_1 = +e₁, and
+    v = e₁ is the direction of the class separation. Retain (and test) samples: x ~ N(μ_y, I);
+    forget samples (``round(forget_fraction · samples)`` of them, ``groups`` 1): x ~ N(μ_y + a·v, I)
+    with a = ``shift``. The train samples are in random order; everything is seeded by ``seed``.
+    """
+    rng = np.random.default_rng([seed, 0xDE9])
+    d, n = settings.features, settings.samples
+    n_forget = round(settings.forget_fraction * n)
+    v = np.zeros(d)
+    v[0] = 1.0
+
+    def draw(count: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 2, count)
+        x = (2.0 * y - 1.0)[:, None] * v + shift * v + rng.standard_normal((count, d))
+        return x.astype(np.float32), y.astype(np.int64)
+
+    x_retain, y_retain = draw(n - n_forget, 0.0)
+    x_forget, y_forget = draw(n_forget, settings.shift)
+    x_test, y_test = draw(settings.test_samples, 0.0)
+    groups = np.concatenate([np.zeros(n - n_forget, np.int64), np.ones(n_forget, np.int64)])
+    order = rng.permutation(n)
+    x = np.concatenate([x_retain, x_forget])[order]
+    y = np.concatenate([y_retain, y_forget])[order]
+    return Dataset(x, y, x_test, y_test, 2, groups=groups[order])
+
+
+load_dependent_dataset.Settings = DependentSettings
 
 
 @dataclass

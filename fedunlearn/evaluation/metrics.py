@@ -28,7 +28,8 @@ from fedunlearn.evaluation.scorer import Scorer
 
 @dataclass
 class ModelView:
-    """One model's weights and logits on the scorer's sets (test, retain, forget, forget-class test, kept, attack)."""
+    """One model's weights and logits on the scorer's sets (test, retain, forget, forget-class test, kept, attack,
+    validation)."""
 
     weights: Weights
     test: torch.Tensor
@@ -38,13 +39,15 @@ class ModelView:
     kept: torch.Tensor
     attack: torch.Tensor | None
     scorer: Scorer
+    val: torch.Tensor | None = None
 
     @classmethod
     def of(cls, scorer: Scorer, weights: Weights) -> ModelView:
         d, s = scorer.data, scorer
         attack = s.logits(weights, d.x_attack) if d.x_attack is not None else None
         return cls(weights, s.logits(weights, s.x_test), s.logits(weights, s.x_retain), s.logits(weights, s.x_forget),
-                   s.logits(weights, s.x_forget_test), s.logits(weights, s.x_kept), attack, scorer)
+                   s.logits(weights, s.x_forget_test), s.logits(weights, s.x_kept), attack, scorer,
+                   s.logits(weights, s.x_val))
 
 
 def _acc(logits: torch.Tensor, labels: np.ndarray) -> float:
@@ -55,6 +58,11 @@ def _acc(logits: torch.Tensor, labels: np.ndarray) -> float:
 
 def test_acc(m: ModelView, r: ModelView) -> float:
     return _acc(m.test, m.scorer.y_test)
+
+
+def val_acc(m: ModelView, r: ModelView) -> float:
+    """Accuracy on the validation split (``data.validation``; NaN without one): what tuning reads, never the test set."""
+    return float("nan") if m.val is None else _acc(m.val, m.scorer.y_val)
 
 
 def retain_acc(m: ModelView, r: ModelView) -> float:
@@ -135,6 +143,7 @@ def pred_kl_to_retrain(m: ModelView, r: ModelView) -> float:
 
 METRICS: dict[str, Callable[[ModelView, ModelView], float]] = {
     "test_acc": test_acc,
+    "val_acc": val_acc,
     "retain_acc": retain_acc,
     "forget_acc": forget_acc,
     "unlearn_acc": unlearn_acc,

@@ -20,7 +20,7 @@ from fedunlearn.evaluation.probe import ProbeResult
 
 def relearning_probe(grid: Grid, strategy: Strategy, arrays: ArrayRecord, forget_metric: Callable[[ArrayRecord], float],
                      *, metric: str, tau: float, max_rounds: int, timeout: float = 3600.0,
-                     train_config: ConfigRecord | None = None) -> ProbeResult:
+                     train_config: ConfigRecord | None = None, unit: str = "rounds") -> ProbeResult:
     """Run ``max_rounds`` rounds of ``strategy`` from ``arrays`` and record the forget metric.
 
     Parameters
@@ -40,11 +40,13 @@ def relearning_probe(grid: Grid, strategy: Strategy, arrays: ArrayRecord, forget
         or above) and the threshold τ (:func:`fedunlearn.evaluation.probe.threshold`).
     max_rounds, timeout, train_config
         As in ``Strategy.start``.
+    unit
+        What one round is, as the result names it (``"steps"`` when each round is one SGD step).
 
     Returns
     -------
     ProbeResult
-        The curve (index 0 before any round), the threshold and the delay in rounds.
+        The curve (index 0 before any round), the threshold and the delay in ``unit``.
     """
     curve: list[float] = []
 
@@ -54,7 +56,7 @@ def relearning_probe(grid: Grid, strategy: Strategy, arrays: ArrayRecord, forget
 
     strategy.start(grid, arrays, num_rounds=max_rounds, timeout=timeout, train_config=train_config,
                    evaluate_fn=evaluate_fn)
-    return ProbeResult(metric, "rounds", curve, tau)
+    return ProbeResult(metric, unit, curve, tau)
 
 
 def node_metrics(grid: Grid, arrays: ArrayRecord, nodes: Sequence[int], config: ConfigRecord | None = None,

@@ -11,7 +11,10 @@ The sets, for resolved requests (docs/methods.md, "Granularity" and "Metrics"):
 * kept set: what the holders of forget data keep (a samples request's client without its
   forgotten samples; empty for client requests);
 * with class requests the test set is split in halves: the first calibrates (class similarity),
-  the second is scored, its forget classes apart (``forget_test``) from the rest (``test``).
+  the second is scored, its forget classes apart (``forget_test``) from the rest (``test``);
+* with ``data.validation`` > 0, the validation split (held out of every client's data before
+  partitioning): ``val_acc``, and what the protocol's own choices read instead of the test set
+  (:attr:`Scorer.selection_metric`: the "until-retrain" recovery stop, IEU's tuning).
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class Scorer:
         in_forget = np.isin(data.y_test[scored], self.forget_classes)
         self.x_test, self.y_test = data.x_test[scored[~in_forget]], data.y_test[scored[~in_forget]]
         self.x_forget_test, self.y_forget_test = data.x_test[scored[in_forget]], data.y_test[scored[in_forget]]
+        self.x_val, self.y_val = ((data.x_val, data.y_val) if data.y_val is not None
+                                  else (data.x_test[:0], data.y_test[:0]))
         sets = ForgetSets.of(data, self.requests, cfg.seed) if self.requests else None
         forget, retain, kept = [], [], []
         for pid, c in enumerate(data.clients):
@@ -121,6 +126,25 @@ class Scorer:
     def forget(self, weights: Weights) -> tuple[float, float]:
         return self.on(weights, self.x_forget, self.y_forget)
 
+    @property
+    def has_validation(self) -> bool:
+        """Whether the experiment holds a validation split out (``data.validation`` > 0)."""
+        return len(self.y_val) > 0
+
+    def validation(self, weights: Weights) -> tuple[float, float]:
+        """On the validation split (NaN without one)."""
+        return self.on(weights, self.x_val, self.y_val)
+
+    @property
+    def selection_metric(self) -> str:
+        """The accuracy the protocol's own choices compare (recovery stop, tuning): ``val_acc`` when a
+        validation split exists, else ``test_acc`` (docs/methods.md, "Evaluation")."""
+        return "val_acc" if self.has_validation else "test_acc"
+
+    def selection_acc(self, weights: Weights) -> float:
+        """The :attr:`selection_metric` of ``weights``."""
+        return (self.validation if self.has_validation else self.test)(weights)[0]
+
     def backdoor_asr(self, weights: Weights) -> float:
         """Share of triggered non-target test images classified as the target (nan without a backdoor)."""
         if self.data.x_attack is None:
@@ -135,9 +159,11 @@ class Scorer:
                 "backdoor_asr": self.backdoor_asr(weights)}
 
     def summary_metrics(self, weights: Weights) -> dict[str, float]:
-        """Round metrics plus retain accuracy, forget-class test accuracy and the holders' kept data accuracy."""
+        """Round metrics plus retain accuracy, forget-class test accuracy, the holders' kept data accuracy
+        and validation accuracy (NaN without a validation split)."""
         out = self.round_metrics(weights)
         out["retain_acc"] = self.on(weights, self.x_retain, self.y_retain)[0] if self.forgotten else float("nan")
         out["forget_test_acc"] = self.on(weights, self.x_forget_test, self.y_forget_test)[0]
         out["kept_acc"] = self.on(weights, self.x_kept, self.y_kept)[0]
+        out["val_acc"] = self.validation(weights)[0]
         return out

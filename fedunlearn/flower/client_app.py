@@ -1,7 +1,9 @@
 """The Flower ClientApp: local work on this node's partition, one handler per message type.
 
 ``train`` messages run local SGD; ``train.<behaviour>`` messages run the behaviour registered under
-that name in :data:`fedunlearn.clients.BEHAVIOURS` (``train.ascent``: PGA's projected ascent).
+that name in :data:`fedunlearn.clients.BEHAVIOURS` (``train.ascent``: PGA's projected ascent). With
+``grad-stats`` in the config, any behaviour's reply also holds the per-coordinate gradient
+statistics of feasible-update masking (``grad-mean``, ``grad-std``).
 Everything a client needs to rebuild its data and model travels in the message's config (the
 ``federation`` key, a JSON string) and is cached per process; the forget requests in effect travel
 as ``exclude`` (train on the rest) and ``only`` (train on their forget samples alone), so an actor builds its data and model
@@ -26,7 +28,7 @@ from fedunlearn.data import ClientData, federated_data
 from fedunlearn.data.forget_sets import kept_indices, requests_from_json
 from fedunlearn.models import build_model
 from fedunlearn.settings import build
-from fedunlearn.training import get_weights, set_weights
+from fedunlearn.training import batch_gradient_stats, get_weights, set_weights
 
 app = ClientApp()
 
@@ -90,13 +92,22 @@ def _handler(behaviour_name: str):
         model.to(_device(str(config.get("device", "cpu"))))
         set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
         extra = {k: r.to_numpy_ndarrays() for k, r in msg.content.array_records.items() if k != "arrays"}
-        request = ClientRequest(config, client_seed(int(config["seed"]), int(config["server-round"]), pid), extra)
+        request = ClientRequest(config, client_seed(int(config["seed"]), int(config["server-round"]), pid), extra,
+                                context.state)
         mine = _local_data(spec, pid, int(config["seed"]), str(config.get("exclude", "")),
                            str(config.get("only", "")))
+        # feasible-update masking asks for gradient statistics at the received weights (docs/methods.md)
+        stats = batch_gradient_stats(model, mine.x_train, mine.y_train, batch_size=int(config["batch-size"]),
+                                     seed=request.seed) if config.get("grad-stats") else None
         result = behaviour(model, mine, request)
-        metrics = MetricRecord({"num-examples": mine.num_examples, "partition-id": pid,
+        if stats is not None:
+            result.arrays.update({"grad-mean": stats[0], "grad-std": stats[1]})
+            result.metrics["grad-batches"] = stats[2]
+        metrics = MetricRecord({**result.metrics, "num-examples": mine.num_examples, "partition-id": pid,
                                 "train-loss": result.loss, "local-epochs": float(result.epochs)})
-        return Message(RecordDict({"arrays": ArrayRecord(get_weights(model)), "metrics": metrics}), reply_to=msg)
+        extra_out = {name: ArrayRecord(arrays) for name, arrays in result.arrays.items()}
+        return Message(RecordDict({"arrays": ArrayRecord(get_weights(model)), "metrics": metrics, **extra_out}),
+                       reply_to=msg)
 
     def handle(msg: Message, context: Context) -> Message:
         """Run the behaviour from the received global weights and return the new weights (or the error)."""

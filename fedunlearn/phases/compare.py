@@ -10,8 +10,8 @@ Layout of ``DIR``::
     summary.csv, summary.json   one row per strategy and seed, plus ``original``
 
 The reference (the strategy from scratch, retrain unless another is listed) runs first: its test
-accuracy is the recovery target and every metric is also reported as its gap to the reference's
-(same seed). Each piece (a seed's training, each strategy, each model's probe) records the
+accuracy (its validation accuracy when ``data.validation`` holds a split out) is the recovery
+target and every metric is also reported as its gap to the reference's (same seed). Each piece (a seed's training, each strategy, each model's probe) records the
 settings it depends on (:mod:`fedunlearn.provenance`): with the same settings a finished piece is
 reused, otherwise it is recomputed, so the folder's config.toml describes every result in it.
 """
@@ -240,8 +240,8 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpe
             weights, row = outcome.weights, outcome.row()
         models[spec.label] = weights
         metrics = scorer.summary_metrics(weights)
-        if spec is reference:
-            target = metrics["test_acc"]
+        if spec is reference:  # the recovery target: validation accuracy when there is a split
+            target = metrics[scorer.selection_metric]
             check_separation(cfg, scorer, trained.weights, weights)
         seed_rows.append({**row, "seed": cfg.seed, **metrics})
         write_summary(out, rows + seed_rows)

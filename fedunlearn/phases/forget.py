@@ -111,8 +111,9 @@ class Timeline:
     store
         Records the pseudo-gradients of this timeline's rounds.
     retrain_test_acc
-        The recovery target of ``forgetting.recovery = "until-retrain"``; without it recovery runs
-        a fixed ``forgetting.recovery_rounds`` rounds.
+        The recovery target of ``forgetting.recovery = "until-retrain"``: the reference's
+        ``scorer.selection_metric`` (validation accuracy when ``data.validation`` holds a split out,
+        else test accuracy); without it recovery runs a fixed ``forgetting.recovery_rounds`` rounds.
     """
 
     def __init__(self, fed: Federation, cfg: ExperimentConfig, spec: StrategySpec, snapshot: Snapshot,
@@ -171,16 +172,27 @@ class Timeline:
         return weights
 
     def recover(self, ctx: UnlearningContext, weights: Weights) -> Weights:
-        """Recovery rounds: until test accuracy reaches the target (cap ``recovery_rounds``) or fixed."""
+        """Recovery rounds: until accuracy reaches the target (cap ``recovery_rounds``) or fixed.
+
+        The accuracy is the scorer's selection metric: validation accuracy when the experiment
+        holds a validation split out, else test accuracy (docs/methods.md, "Recovery"). The first
+        ``min_recovery_rounds`` rounds of an unlearner that declares them (client-side IEU) run
+        whatever the accuracy.
+        """
         f, outcome = self.cfg.forgetting, self.outcome
         until = f.recovery == "until-retrain" and self.target is not None
         target = self.target - f.recovery_tolerance if until else 0.0
+        forced = self.unlearner.min_recovery_rounds
+
+        def reached(w: Weights) -> bool:
+            return until and self.scorer.selection_acc(w) >= target
+
         done = 0
-        while done < f.recovery_rounds and not (until and self.scorer.test(weights)[0] >= target):
+        while done < f.recovery_rounds and (done < forced or not reached(weights)):
             done += 1
             weights = ctx.next_round(self.unlearner.recovery_strategy(ctx, done), weights, "recover")
         outcome.recovery_rounds = (outcome.recovery_rounds or 0) + done
-        outcome.recovery_censored = outcome.recovery_censored or (until and self.scorer.test(weights)[0] < target)
+        outcome.recovery_censored = outcome.recovery_censored or (until and not reached(weights))
         return weights
 
     def run(self) -> StrategyOutcome:

@@ -1,20 +1,26 @@
 """The relearning-delay probe: relearn the forgotten clients from a model and watch the forget metric.
 
 Mode ``all``: Flower FedAvg rounds over every client (the forgotten ones re-added), the same local
-recipe, the metric after each round. Mode ``alone``: the forgotten clients' local SGD alone, one
-mini-batch at a time at ``probe.alone_lr``, simulated on the server (a Flower round is too coarse
-to see a backdoor come back), the metric after each step. Every model probed in one comparison
-starts its probe on the same clock, so all get the same client randomness.
+recipe, the metric after each round. Mode ``alone``: the forgotten clients (the requests' holders)
+alone, on their forget samples, one Flower round per local SGD step at ``probe.alone_lr`` (a whole
+local run is too coarse to see a backdoor come back): each takes one step of its own continuous
+SGD run from the global model (:mod:`fedunlearn.clients.probe`: same batch order, momentum carried
+in its node's state), FedAvg over them, the metric after each step. Both run through
+:func:`~fedunlearn.evaluation.relearning.relearning_probe` (Flower's ``Strategy.start``). Every
+model probed in one comparison starts its probe on the same clock, so all get the same client
+randomness.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord
 
 from fedunlearn.arrays import Weights
 from fedunlearn.class_unlearning import split_filter
@@ -28,16 +34,18 @@ from fedunlearn.config import (
     validate_requests,
 )
 from fedunlearn.data import federated_data
+from fedunlearn.data.forget_sets import ForgetSets, requests_json
 from fedunlearn.evaluation import Scorer
 from fedunlearn.evaluation.probe import ProbeResult, threshold
 from fedunlearn.evaluation.relearning import relearning_probe
+from fedunlearn.flower.client_app import client_seed
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
 from fedunlearn.provenance import Piece
 from fedunlearn.results import RunDir, csv_text
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import RecordingFedAvg
-from fedunlearn.training import get_weights, set_weights, train_local
+from fedunlearn.strategies.fedavg import FORGET, local_recipe
 
 PROBE_CLOCK = 100_000  # probe rounds are numbered from here, apart from every training round
 PROBE_COLUMNS = ["model", "step", "value", "threshold", "unit", "metric"]
@@ -60,23 +68,45 @@ def probe_all(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: W
                             metric=metric, tau=tau, max_rounds=cfg.probe.max_rounds, timeout=fed.timeout)
 
 
-def probe_alone(cfg: ExperimentConfig, scorer: Scorer, weights: Weights, tau: float) -> ProbeResult:
-    """The forgotten clients' own SGD, one mini-batch at a time, for ``probe.alone_max_steps`` steps."""
+class ProbeAloneRound(RecordingFedAvg):
+    """One step of the ``alone`` probe: the holders take one SGD step each on their forget samples.
+
+    Round r of ``Strategy.start`` is step r − 1 of every holder's continuous local run (behaviour
+    ``probe``); the holders' models are averaged by their forget-sample counts, in client order.
+    """
+
+    behaviour = "probe"
+
+    def __init__(self, *args, holders: Sequence[int], requests: Sequence[ForgetRequest], lr: float, steps: int,
+                 probe_id: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.holders, self.requests = sorted(holders), list(requests)
+        self.lr, self.steps, self.probe_id = lr, steps, probe_id
+
+    def tasks(self, server_round: int) -> list[tuple[int, str]]:
+        return [(h, FORGET) for h in self.holders]
+
+    def client_config(self, partition_id: int, config: ConfigRecord) -> ConfigRecord:
+        step = int(config["server-round"]) - self.round_offset - 1
+        # each holder's run is seeded as its local run in the probe's first round would be
+        config.update({"only": requests_json(self.requests), "probe-step": step, "probe-steps": self.steps,
+                       "probe-lr": self.lr, "probe-id": self.probe_id,
+                       "probe-seed": client_seed(self.seed, self.clock(1), partition_id)})
+        return config
+
+
+def probe_alone(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: Weights, tau: float) -> ProbeResult:
+    """The forgotten clients alone, one Flower round per SGD step, for ``probe.alone_max_steps`` steps."""
     metric = cfg.probe_metric()
-    x, y = scorer.x_forget, scorer.y_forget
-    model = scorer.model
-    set_weights(model, weights)
-    curve = [metric_value(scorer, weights, metric)]
-
-    def after_step(m) -> bool:
-        # metric_value loads these same weights back into the model: training goes on unchanged
-        curve.append(metric_value(scorer, get_weights(m), metric))
-        return False
-
-    train_local(model, x, y, epochs=10**6, batch_size=cfg.train.batch_size, lr=cfg.probe.alone_lr,
-                momentum=cfg.train.momentum, seed=PROBE_CLOCK, after_step=after_step,
-                max_steps=cfg.probe.alone_max_steps)
-    return ProbeResult(metric, "steps", curve, tau)
+    holders = sorted({c for h in ForgetSets.of(scorer.data, scorer.requests, cfg.seed).holders for c in h})
+    steps = cfg.probe.alone_max_steps
+    strategy = ProbeAloneRound(PseudoGradientStore(), node_of=fed.node_of, participants=holders, seed=cfg.seed,
+                               base_config=local_recipe(cfg), min_train_nodes=0, round_offset=PROBE_CLOCK,
+                               holders=holders, requests=scorer.requests, lr=cfg.probe.alone_lr, steps=steps,
+                               probe_id=uuid.uuid4().hex)
+    return relearning_probe(fed.watched("probe"), strategy, ArrayRecord(weights),
+                            lambda arrays: metric_value(scorer, arrays.to_numpy_ndarrays(), metric),
+                            metric=metric, tau=tau, max_rounds=steps, timeout=fed.timeout, unit="steps")
 
 
 class ProbeCache:
@@ -117,7 +147,7 @@ def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, origina
                 results[mode][name] = res
                 log(f"  probe [{mode}] {name}: already done with these settings, reusing it")
                 continue
-            res = probe_all(fed, cfg, scorer, weights, tau) if mode == "all" else probe_alone(cfg, scorer, weights, tau)
+            res = (probe_all if mode == "all" else probe_alone)(fed, cfg, scorer, weights, tau)
             results[mode][name] = res
             if cache:
                 cache.put(mode, name, res, log)

@@ -7,19 +7,26 @@
 both draw every seed (thin lines) and their mean (thick), and say so in their titles;
 * ``gaps_to_retrain.png``: |metric − retrain's| per metric and strategy, and the Average Gap, mean
   over seeds ± std;
-* ``cost_vs_quality.png``: client-epochs against the forgetting gap, one point per strategy.
+* ``cost_vs_quality.png``: client-epochs against the forgetting gap, one point per strategy;
+* ``step_sweep.png`` (when entries of one strategy differ in one numeric setting, ``pga@lr=0.01``,
+  ``pga@lr=0.1``): the relative weight distance to retrain against that setting, the step sizes in
+  one panel and every other swept setting (``epochs``) in its own, the original's distance as a
+  horizontal line (docs/methods.md, "Ascent fails").
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fedunlearn.report.report import read_summary  # noqa: E402
@@ -198,6 +205,167 @@ def cost_vs_quality(out: Path, rows: list[dict], names: list[str], backdoor: boo
     return _save(fig, out / "cost_vs_quality.png")
 
 
+SWEEP_METRIC = "weight_dist_to_retrain"  # ‖w − w_retrain‖ / ‖w_retrain‖
+
+
+@dataclass
+class SweepLine:
+    """Entries of one strategy that differ only in the numeric setting ``key``: one line of ``step_sweep.png``.
+
+    ``fixed`` holds the entries' other settings (``distance_threshold=1e9``), ``name`` the legend
+    stem (the labels' common part before ``@``, else the strategy), ``points`` x -> [(seed, y)].
+    """
+
+    strategy: str
+    key: str
+    fixed: tuple[tuple[str, str], ...]
+    step: bool
+    name: str = ""
+    points: dict[float, list[tuple[str, float]]] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        extra = ", ".join(f"{k}={_short(v)}" for k, v in self.fixed)
+        return f"{self.name} ({self.key}{'; ' + extra if extra else ''})"
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``NAME@key=value,...`` (summary.csv's ``spec``) as (NAME, {key: value as written})."""
+    name, _, at = spec.partition("@")
+    settings = {}
+    for item in filter(None, at.split(",")):
+        key, _, value = item.partition("=")
+        settings[key.strip()] = value.strip()
+    return name.strip(), settings
+
+
+def _short(value: str) -> str:
+    """A setting's value as written, a number in its shortest form (``1e+09``)."""
+    x = _number(value)
+    return value.strip('"') if x is None else f"{x:g}"
+
+
+def _number(value: str) -> float | None:
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def registry_step_keys(strategy: str) -> set[str]:
+    """The settings that scale ``strategy``'s step (``step_settings`` of its parts), bare and dotted."""
+    try:
+        from fedunlearn.strategies import STRATEGIES, WRAPPERS
+
+        names = STRATEGIES.expand(strategy).split("+")
+        parts = [STRATEGIES.get(names[0])] + [WRAPPERS.get(n) for n in names[1:]]
+    except Exception:  # an import path that no longer imports: no step settings known
+        return set()
+    keys = set()
+    for p in parts:
+        for k in getattr(p.obj, "step_settings", ()):
+            keys |= {k, f"{p.name}.{k}"}
+    return keys
+
+
+def sweep_lines(rows: list[dict], step_keys: Callable[[str], set[str]] = registry_step_keys,
+                metric: str = SWEEP_METRIC) -> list[SweepLine]:
+    """The sweeps in summary rows: per strategy, numeric setting and the entries' other settings.
+
+    A row belongs to the sweep of each numeric setting its ``spec`` writes after ``@``; a sweep is
+    kept when it holds at least two values. Rows without a number in ``metric`` are left out.
+    """
+    lines: dict[tuple, SweepLine] = {}
+    stems: dict[tuple, set[str]] = defaultdict(set)
+    for r in rows:
+        if r.get("strategy") == "original" or "@" not in str(r.get("spec", "")):
+            continue
+        y = _f(r.get(metric))
+        if math.isnan(y):
+            continue
+        name, settings = parse_spec(r["spec"])
+        for key, value in settings.items():
+            x = _number(value)
+            if x is None:
+                continue
+            fixed = tuple(sorted((k, v) for k, v in settings.items() if k != key))
+            ident = (name, key, fixed)
+            line = lines.setdefault(ident, SweepLine(name, key, fixed, key in step_keys(name)))
+            line.points.setdefault(x, []).append((str(r.get("seed", "")), y))
+            stems[ident].add(str(r["strategy"]).partition("@")[0])
+    kept = []
+    for ident, line in lines.items():
+        if len(line.points) >= 2:
+            stem = stems[ident]
+            line.name = stem.pop() if len(stem) == 1 else line.strategy
+            line.points = dict(sorted(line.points.items()))
+            kept.append(line)
+    return kept
+
+
+def _sweep_scale(values: list[float]) -> str:
+    positive = [v for v in values if v > 0]
+    return "log" if len(positive) == len(values) and max(positive) >= 10 * min(positive) else "linear"
+
+
+def step_sweep(out: Path, rows: list[dict]) -> Path | None:
+    """The relative weight distance to retrain against each swept setting (None: no sweep in ``rows``)."""
+    lines = sweep_lines(rows)
+    if not lines:
+        return None
+    panels: dict[str, list[SweepLine]] = defaultdict(list)
+    for line in lines:
+        panels["step size" if line.step else line.key].append(line)
+    original = [_f(r.get(SWEEP_METRIC)) for r in rows if r.get("strategy") == "original"]
+    original = [v for v in original if not math.isnan(v)]
+    seeds = len({r["seed"] for r in rows})
+    colors = _colors(list(dict.fromkeys(line.name for line in lines)))
+    styles, markers = ["-", "--", "-.", ":"], ["o", "s", "^", "D", "v"]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9.5, 4.3 * len(panels)), squeeze=False)
+    for ax, (panel, mine) in zip(axes[:, 0], panels.items(), strict=True):
+        xs_all, ys_all = [], []
+        for i, line in enumerate(mine):  # each line its own dashes and marker: equal values stay visible
+            per_seed = defaultdict(list)
+            for x, pts in line.points.items():
+                for seed, y in pts:
+                    per_seed[seed].append((x, y))
+            _draw_seeds(ax, list(per_seed.values()), colors[line.name], line.label, ls=styles[i % len(styles)],
+                        marker=markers[i % len(markers)])
+            xs_all += list(line.points)
+            ys_all += [y for pts in line.points.values() for _, y in pts]
+        if original:
+            ax.axhline(float(np.mean(original)), color="black", ls=":", lw=1.5,
+                       label="original (not unlearnt)" + (", mean over seeds" if len(original) > 1 else ""))
+            if len(original) > 1:
+                ax.axhspan(min(original), max(original), color="grey", alpha=0.15, lw=0,
+                           label="original, range over seeds")
+            ys_all += original
+        ax.set_xscale(_sweep_scale(xs_all))
+        ax.set_yscale(_sweep_scale(ys_all))
+        log = ", log scale" if ax.get_xscale() == "log" else ""
+        if panel == "step size":
+            what = ", ".join(dict.fromkeys(f"{line.strategy} {line.key}" for line in mine))
+            ax.set_xlabel(f"step size: {what} (dimensionless{log})")
+        else:
+            unit = "count" if all(float(x).is_integer() for x in xs_all) else "value of the setting"
+            ax.set_xlabel(f"{panel} of {', '.join(dict.fromkeys(line.strategy for line in mine))} ({unit}{log})")
+        ax.set_ylabel("||w - w_retrain|| / ||w_retrain||\n(relative L2 distance" +
+                      (", log scale)" if ax.get_yscale() == "log" else ")"))
+        ax.set_title(f"Distance to the retrained model against the {panel} "
+                     f"({'mean over ' + str(seeds) + ' seeds, thin lines each seed' if seeds > 1 else '1 seed'})",
+                     fontsize=10)
+        for axis, values in ((ax.xaxis, xs_all), (ax.yaxis, ys_all)):  # plain numbers (0.03, 300), not 10^k
+            axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            if axis.get_scale() == "log" and max(values) <= 300 * min(values):  # room for minors 2 and 5
+                axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+            elif axis.get_scale() == "log":
+                axis.set_minor_formatter(ticker.NullFormatter())
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers nothing
+    return _save(fig, out / "step_sweep.png")
+
+
 def _legend_outside(fig, ax) -> None:
     """The legend of ``ax``'s lines to the right of every axes, where it covers no data or label."""
     fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.98),
@@ -228,5 +396,5 @@ def draw_all(run_dir: str | Path) -> list[Path]:
     # a comparison written by anyone's ServerApp (write_comparison) may lack rounds and costs
     drawn = [accuracy_over_rounds(out, seed_dirs, names, scratch, backdoor) if trained else None,
              relearning_curves(out, seed_dirs, rows), gaps_to_retrain(out, rows, names, scratch),
-             cost_vs_quality(out, rows, names, backdoor) if costed else None]
+             cost_vs_quality(out, rows, names, backdoor) if costed else None, step_sweep(out, rows)]
     return [p for p in drawn if p is not None]

@@ -18,6 +18,7 @@ from typing import Any
 from fedunlearn.config import ExperimentConfig, ForgettingConfig, parse_override
 from fedunlearn.registry import Part, Registry, check_tables
 from fedunlearn.settings import ConfigError
+from fedunlearn.strategies.augment import Augment
 from fedunlearn.strategies.base import (
     Unlearner,
     UnlearnerWrapper,
@@ -31,8 +32,11 @@ from fedunlearn.strategies.fedavg import (
     TooFewClientsError,
 )
 from fedunlearn.strategies.federaser import FedEraser
+from fedunlearn.strategies.fedrecovery import FedRecovery
 from fedunlearn.strategies.ieu import IEU
+from fedunlearn.strategies.mask import Mask
 from fedunlearn.strategies.natural import Natural
+from fedunlearn.strategies.negation import NoT
 from fedunlearn.strategies.output_filter import OutputFilter
 from fedunlearn.strategies.pga import PGA
 from fedunlearn.strategies.puf import PUF
@@ -47,10 +51,14 @@ STRATEGIES.register("pga", PGA)
 STRATEGIES.register("federaser", FedEraser)
 STRATEGIES.register("output-filter", OutputFilter)
 STRATEGIES.register("trw", TRW)
+STRATEGIES.register("fedrecovery", FedRecovery)
+STRATEGIES.register("not", NoT)
 STRATEGIES.alias("puf-ieu", "puf+ieu")
 
 WRAPPERS: Registry = Registry("wrapper", "forgetting.strategies")
 WRAPPERS.register("ieu", IEU)
+WRAPPERS.register("mask", Mask)
+WRAPPERS.register("augment", Augment)
 
 REFERENCE = "retrain"  # added when no listed strategy is from scratch: every metric needs a reference
 
@@ -197,6 +205,9 @@ def resolve_strategies(cfg: ExperimentConfig) -> list[StrategySpec]:
             if why:
                 raise ConfigError(f"forgetting.strategies: {spec.label} {why}, and forget[{i}] is a {request.kind} "
                                   f"request ({request.describe()}); remove {spec.label} from the list or the request")
+        why = unlearner.refuses(cfg)
+        if why:
+            raise ConfigError(f"forgetting.strategies: {spec.label} {why}; remove it from the list or change its parts")
     needs = [s.label for s in specs if s.needs_history]
     if needs and not cfg.store.history:
         raise ConfigError(f"forgetting.strategies: {', '.join(needs)} needs the pseudo-gradient history; "

@@ -11,7 +11,8 @@ validated from the experiment's table named after it (``[forgetting.puf] eta = 2
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,16 @@ class UnlearningContext:
         """The requests served before this one (their data is already gone)."""
         return [r for r in self.removed if r is not self.request]
 
+    @contextmanager
+    def rounds_wrapped(self, wrap: Callable[[Any], Any]) -> Iterator[None]:
+        """Inside the block, every round runs ``wrap(strategy)`` instead of ``strategy`` (wrappers' hook)."""
+        run_round = self.run_round
+        self.run_round = lambda strategy, weights, rnd, phase: run_round(wrap(strategy), weights, rnd, phase)
+        try:
+            yield
+        finally:
+            self.run_round = run_round
+
     def history_rounds(self, partition_id: int) -> list[int]:
         """Every round with a stored pseudo-gradient of ``partition_id``, over all history stores."""
         return sorted({r for s, last in self.history for r in s.history_rounds(partition_id) if r <= last})
@@ -121,7 +132,9 @@ class Unlearner:
     the exact reference every metric is scored against, e.g. retrain), ``needs_history`` (it
     reads past rounds' pseudo-gradients), ``step_settings`` (the settings that scale its step,
     named when a step leaves NaN or Inf in the weights), ``kinds`` (the request kinds it serves;
-    an experiment with another kind is refused before any training).
+    an experiment with another kind is refused before any training), ``first_order`` (its
+    unlearning rounds move the model by a step built from the holders' fresh updates, which
+    feasible-update masking can mask).
 
     Parameters
     ----------
@@ -135,6 +148,7 @@ class Unlearner:
     needs_history = False
     step_settings: tuple[str, ...] = ()
     kinds: tuple[str, ...] = REQUEST_KINDS
+    first_order = False
 
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings
@@ -142,6 +156,22 @@ class Unlearner:
     def serves(self, kind: str) -> str:
         """Why this unlearner cannot serve a request of ``kind`` ("" when it can)."""
         return "" if kind in self.kinds else f"serves {', '.join(self.kinds)} requests only"
+
+    @property
+    def min_recovery_rounds(self) -> int:
+        """Recovery rounds that run whatever the accuracy (0: recovery may stop at once)."""
+        return 0
+
+    def refuses(self, cfg: ExperimentConfig) -> str:
+        """Why this unlearner cannot run in experiment ``cfg`` ("" when it can); asked before any training.
+
+        A setting that is wrong for this experiment may instead raise ConfigError naming itself.
+        """
+        return ""
+
+    def first_order_step(self) -> bool:
+        """Whether its unlearning rounds apply a first-order step from fresh forget updates (maskable)."""
+        return self.first_order
 
     def step_size(self) -> dict[str, Any]:
         """The settings that scale the unlearning step, by name, with their values."""
@@ -172,6 +202,16 @@ class UnlearnerWrapper(Unlearner):
 
     def serves(self, kind: str) -> str:
         return self.inner.serves(kind) or super().serves(kind)
+
+    def refuses(self, cfg: ExperimentConfig) -> str:
+        return self.inner.refuses(cfg)
+
+    @property
+    def min_recovery_rounds(self) -> int:
+        return self.inner.min_recovery_rounds
+
+    def first_order_step(self) -> bool:
+        return self.inner.first_order_step()
 
     def unlearn(self, ctx: UnlearningContext) -> Weights:
         return self.inner.unlearn(ctx)

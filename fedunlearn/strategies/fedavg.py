@@ -56,7 +56,8 @@ class ClientUpdate:
     """One successful reply, as the aggregation sees it.
 
     ``client`` is the partition id or node id (see :class:`RecordingFedAvg`); ``role`` is
-    :data:`REGULAR` or :data:`FORGET`.
+    :data:`REGULAR` or :data:`FORGET`; ``extra`` holds any other ArrayRecord of the reply by name
+    (e.g. the gradient statistics of feasible-update masking).
     """
 
     client: int
@@ -64,6 +65,7 @@ class ClientUpdate:
     delta: Weights
     metrics: dict
     role: str = REGULAR
+    extra: dict[str, Weights] = field(default_factory=dict)
 
 
 @dataclass
@@ -244,8 +246,10 @@ class RecordingFedAvg(FedAvg):
             metrics = dict(next(iter(msg.content.metric_records.values())))
             weights = msg.content[self.arrayrecord_key].to_numpy_ndarrays()
             delta = [w - g for w, g in zip(weights, self._global, strict=True)]
+            extra = {k: r.to_numpy_ndarrays() for k, r in msg.content.array_records.items()
+                     if k != self.arrayrecord_key}
             updates.append(ClientUpdate(self.client_of(msg.metadata.src_node_id), int(metrics["num-examples"]), delta,
-                                        metrics, roles.get(msg.metadata.reply_to_message_id, REGULAR)))
+                                        metrics, roles.get(msg.metadata.reply_to_message_id, REGULAR), extra))
         updates.sort(key=lambda u: (u.client, u.role))
         for u in updates:
             if u.role == REGULAR:  # the store keeps each client's regular updates

@@ -1,14 +1,25 @@
-"""IEU on the server: weight decay and RMS-scaled noise after an unlearning step (after Tran & Woo).
+"""IEU: weight decay and RMS-scaled noise around an unlearning step (after Tran & Woo), on the
+server or on the clients.
 
-Per parameter tensor W (docs/methods.md, "Forgetting", the project's own definition):
+The project's own definitions (docs/methods.md, "Forgetting"), λ = ``decay``, σ = ``noise``
+(``[forgetting.ieu]``), ε ~ N(0, I):
 
-    W ← (1 − λ) · W + σ · rms(W) · ε,   ε ~ N(0, I)
+* ``side = "server"``: per parameter tensor W of the aggregate, after the unlearning step and the
+  first ``rounds − 1`` recovery rounds, W ← (1 − λ) · W + σ · rms(W) · ε; rms(W) is taken before
+  the decay, so one σ fits every layer; the generator is seeded by (seed, round).
+  :class:`IEUServerSide` wraps any Flower strategy the way Flower's
+  ``DifferentialPrivacyServerSideFixedClipping`` does, perturbing its aggregate.
+* ``side = "client"``: during the first ``rounds`` recovery rounds every retained client's local
+  SGD step is w ← w − η(∇ℓ + λw), followed by w ← w + σ · rms(w) · ε per tensor, ε from the
+  client's seeded generator (``fedunlearn/clients/train.py`` reads the message config keys
+  ``ieu-decay`` and ``ieu-noise``). :class:`IEUClientSide` wraps any Flower strategy and adds
+  those keys to every train message it sends. The unlearning round itself is left alone: the
+  definition names recovery rounds, and in PUF's round the targets' update on the forget data is
+  scaled by η_u (20), which would scale their noise with it. Those ``rounds`` recovery rounds run
+  even when accuracy is already back at the target (:attr:`IEU.min_recovery_rounds`): they are
+  the method.
 
-λ = ``decay``, σ = ``noise`` (``[forgetting.ieu]``); rms(W) is taken before the decay, so one σ
-fits every layer. The noise generator is seeded by (seed, round). :class:`IEUServerSide` wraps any
-Flower strategy the way Flower's ``DifferentialPrivacyServerSideFixedClipping`` does, perturbing
-its aggregate; :class:`IEU` wraps any unlearner (``puf+ieu``, ``pga+ieu``): its step is perturbed,
-and so are the first ``rounds − 1`` recovery rounds.
+:class:`IEU` wraps any unlearner (``puf+ieu``, ``pga+ieu``) with either side.
 """
 
 from __future__ import annotations
@@ -17,8 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
 from fedunlearn.arrays import Weights, record_like
@@ -26,20 +36,31 @@ from fedunlearn.class_unlearning import split_filter, with_filter
 from fedunlearn.settings import require
 from fedunlearn.strategies.base import UnlearnerWrapper, UnlearningContext
 from fedunlearn.strategies.fedavg import RecordingFedAvg
+from fedunlearn.strategies.wrapping import StrategyWrapper, WithClientConfig
+
+SIDES = ("server", "client")
+DECAY_KEY, NOISE_KEY = "ieu-decay", "ieu-noise"  # the train message config keys of client-side IEU
 
 
 @dataclass
 class IEUSettings:
-    """λ (``decay``), σ (``noise``) and how many rounds (the step and ``rounds − 1`` recovery rounds) get it."""
+    """λ (``decay``), σ (``noise``), where IEU acts (``side``) and for how many rounds.
 
-    decay: float = 0.1
-    noise: float = 0.1
+    ``side = "server"``: the step's aggregate and those of the first ``rounds − 1`` recovery rounds
+    are perturbed; ``"client"``: the first ``rounds`` recovery rounds' local steps decay and add noise.
+    The defaults are the server side's choice of ``experiments/ieu_sweep.toml`` (they were 0.1, 0.1).
+    """
+
+    decay: float = 0.5  # λ and σ chosen on a validation split (docs/methods.md, "IEU"; README, "Tuning IEU")
+    noise: float = 0.05
     rounds: int = 1
+    side: str = "server"
 
     def validate(self) -> None:
         require(0 <= self.decay < 1, "decay", f"must be in [0, 1) (got {self.decay})")
         require(self.noise >= 0, "noise", f"must be >= 0 (got {self.noise})")
         require(self.rounds >= 1, "rounds", f"must be >= 1 (got {self.rounds})")
+        require(self.side in SIDES, "side", f"must be one of {', '.join(SIDES)} (got {self.side!r})")
 
 
 def ieu_perturb(weights: Weights, decay: float, noise: float, rng: np.random.Generator) -> Weights:
@@ -56,7 +77,7 @@ def ieu_rng(seed: int, server_round: int) -> np.random.Generator:
     return np.random.default_rng([seed, server_round, 0x1E0])
 
 
-class IEUServerSide(Strategy):
+class IEUServerSide(StrategyWrapper):
     """Wraps a strategy and applies :func:`ieu_perturb` to every aggregate it produces.
 
     In anyone's ServerApp: ``IEUServerSide(PUFRound(...), decay=0.1, noise=0.1, seed=0).start(grid,
@@ -65,18 +86,8 @@ class IEUServerSide(Strategy):
     """
 
     def __init__(self, inner: RecordingFedAvg, decay: float, noise: float, seed: int) -> None:
-        self.inner, self.decay, self.noise, self.seed = inner, decay, noise, seed
-
-    @property
-    def report(self):
-        return self.inner.report
-
-    def summary(self) -> None:
-        self.inner.summary()
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        super().__init__(inner)
+        self.decay, self.noise, self.seed = decay, noise, seed
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -87,27 +98,52 @@ class IEUServerSide(Strategy):
         perturbed = ieu_perturb(arrays.to_numpy_ndarrays(), self.decay, self.noise, rng)
         return record_like(arrays, perturbed), metrics
 
-    def configure_evaluate(self, server_round, arrays, config, grid):
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
-    def aggregate_evaluate(self, server_round, replies):
-        return self.inner.aggregate_evaluate(server_round, replies)
+class IEUClientSide(WithClientConfig):
+    """Wraps a strategy and asks every client it trains for IEU's client-side step.
+
+    Every train message the inner strategy sends gets ``ieu-decay`` (λ) and ``ieu-noise`` (σ) in
+    its ConfigRecord; a ClientApp running fedunlearn's default behaviour
+    (``fedunlearn/clients/train.py``) then makes each local SGD step w ← w − η(∇ℓ + λw) and adds
+    σ·rms(w)·ε per tensor. Aggregation is the inner strategy's. In anyone's ServerApp:
+    ``IEUClientSide(RecordingFedAvg(...), decay=0.05, noise=0.01).start(grid, arrays, num_rounds=1)``
+    is one recovery round with client-side IEU.
+    """
+
+    def __init__(self, inner: Strategy, decay: float, noise: float) -> None:
+        super().__init__(inner, {DECAY_KEY: float(decay), NOISE_KEY: float(noise)})
+        self.decay, self.noise = decay, noise
 
 
 class IEU(UnlearnerWrapper):
-    """Any unlearner's step followed by IEU's decay and noise (and its first recovery rounds)."""
+    """Any unlearner's step with IEU's decay and noise, on the server (after the step and the first
+    ``rounds − 1`` recovery rounds) or on the clients (during the first ``rounds`` recovery rounds)."""
 
     Settings = IEUSettings
     step_settings = ("decay", "noise")
 
+    @property
+    def client_side(self) -> bool:
+        return self.settings.side == "client"
+
+    @property
+    def min_recovery_rounds(self) -> int:
+        """Recovery rounds that run whatever the accuracy: client-side IEU's ``rounds`` (and the inner's)."""
+        return max(self.inner.min_recovery_rounds, self.settings.rounds if self.client_side else 0)
+
     def unlearn(self, ctx: UnlearningContext) -> Weights:
         f = self.settings
-        network, output_filter = split_filter(self.inner.unlearn(ctx), len(ctx.init_weights))
-        ctx.notes["ieu"] = f"decay {f.decay}, noise {f.noise}, rounds {f.rounds}"
+        weights = self.inner.unlearn(ctx)
+        ctx.notes["ieu"] = ("client side, " if self.client_side else "") + f"decay {f.decay}, noise {f.noise}, rounds {f.rounds}"
+        if self.client_side:  # the clients decay and add noise in the recovery rounds
+            return weights
+        network, output_filter = split_filter(weights, len(ctx.init_weights))
         return with_filter(ieu_perturb(network, f.decay, f.noise, ieu_rng(ctx.cfg.seed, ctx.clock)), output_filter)
 
     def recovery_strategy(self, ctx: UnlearningContext, recovery_round: int):
-        strategy = self.inner.recovery_strategy(ctx, recovery_round)
-        if recovery_round < self.settings.rounds:
-            return IEUServerSide(strategy, self.settings.decay, self.settings.noise, ctx.cfg.seed)
+        strategy, f = self.inner.recovery_strategy(ctx, recovery_round), self.settings
+        if self.client_side:
+            return IEUClientSide(strategy, f.decay, f.noise) if recovery_round <= f.rounds else strategy
+        if recovery_round < f.rounds:
+            return IEUServerSide(strategy, f.decay, f.noise, ctx.cfg.seed)
         return strategy

@@ -111,6 +111,7 @@ class PGA(Unlearner):
 
     Settings = PGASettings
     step_settings = ("lr",)
+    first_order = True
 
     def radius(self, ctx: UnlearningContext, w_ref: Weights) -> float:
         data = federated_data(ctx.cfg.data, ctx.cfg.seed)

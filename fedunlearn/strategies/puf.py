@@ -135,6 +135,10 @@ class PUF(Unlearner):
 
     Settings = PUFSettings
     step_settings = ("eta",)
+    first_order = True
+
+    def first_order_step(self) -> bool:
+        return not self.settings.offline  # an offline target's stored Δ comes without gradient statistics
 
     def serves(self, kind: str) -> str:
         if self.settings.offline and kind != "client":
