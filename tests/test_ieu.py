@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from torch import nn
 
 from fedunlearn.clients.request import ClientRequest
-from fedunlearn.clients.train import train_behaviour
+from fedunlearn.clients.train import NOISE_STREAM, stream_seed, train_behaviour
 from fedunlearn.config import DataConfig
 from fedunlearn.data import ClientData, build_federated_data, partition, validation_split
 from fedunlearn.evaluation import Scorer
@@ -64,7 +64,7 @@ def _one_step(lam: float, sigma: float, seed: int = 7, lr: float = 0.1):
 def test_client_side_step_is_decayed_sgd_then_rms_scaled_noise():
     lam, sigma, seed = 0.2, 0.3, 7
     model, w1, b1 = _one_step(lam, sigma, seed)
-    draws = torch.Generator().manual_seed(seed + 2)  # the client's noise generator (clients/train.py)
+    draws = torch.Generator().manual_seed(stream_seed(seed, NOISE_STREAM))  # the client's noise stream
     eps_w = torch.randn((2, 3), generator=draws).double().numpy()
     eps_b = torch.randn((2,), generator=draws).double().numpy()
     w2 = w1 + sigma * np.sqrt(np.mean(w1 ** 2)) * eps_w

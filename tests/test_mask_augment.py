@@ -15,6 +15,7 @@ from fedunlearn.config import ConfigError, ForgetRequest
 from fedunlearn.parts import load_experiment
 from fedunlearn.phases.compare import check_comparison, compare
 from fedunlearn.store import PseudoGradientStore
+from fedunlearn.strategies.base import UnlearningError
 from fedunlearn.strategies.mask import FeasibleUpdateMask, HolderStats, feasible_mask
 from fedunlearn.strategies.puf import PUFRound
 from fedunlearn.strategies.wrapping import WithClientConfig
@@ -180,3 +181,32 @@ def test_masked_and_augmented_strategies_run_and_report_what_they_kept(tmp_path)
     assert "skipped (no retained update" in by["pga+mask"]["notes"]
     assert "augment: trivial-augment-wide" in by["puf+mask+augment"]["notes"]
     assert by["puf+mask+augment"]["test_acc"] != by["puf+mask"]["test_acc"]  # augmented recovery trained otherwise
+
+
+def test_augmentation_and_layer_checks_work_with_client_rules():
+    """The checks read the data set's shape, never the per-seed clients a rule names."""
+    cfg = load_experiment(DEFAULT, [*TINY, 'forget=[{clients=["largest"]}]', 'data.backdoor.clients=["forgotten"]',
+                                    "forgetting.strategies=['puf+augment', { strategy = 'not', layers = ['1.weight'] }]"])
+    assert [s.label for s in check_comparison(cfg)][1:] == ["puf+augment", "not@layers=['1.weight']"]
+
+
+@pytest.mark.parametrize(("strategies", "extra", "message"), [
+    ("['fedrecovery+ieu@side=\"client\"']", ["store.history=true"],
+     'fedrecovery+ieu@side="client" with side = "client" acts in recovery rounds, and the method it wraps runs none'),
+    ("['puf+ieu@side=\"client\",rounds=2']", ["forgetting.recovery_rounds=1"],
+     'with side = "client" needs 2 recovery round(s), and forgetting.recovery_rounds is 1'),
+])
+def test_client_side_ieu_is_refused_where_its_rounds_cannot_run(strategies, extra, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_comparison(load_experiment(DEFAULT, [*TINY, *extra, f"forgetting.strategies={strategies}"]))
+
+
+def test_the_mask_refuses_a_round_where_a_holder_did_not_answer_with_statistics():
+    puf = PUFRound(PseudoGradientStore(), node_of={p: 100 + p for p in range(3)}, participants=[0, 1], seed=0,
+                   targets=[2], eta=10.0, request=ForgetRequest([2], round=5))
+    strategy = FeasibleUpdateMask(puf)
+    sent = send(list(strategy.configure_train(5, ArrayRecord(G), ConfigRecord(), grid=None)))
+    replies = [train_reply(m.metadata.dst_node_id - 100, 10, G, reply_to=m.metadata.message_id) for m in sent]
+    with pytest.raises(UnlearningError, match="1 of 1 holders of forget data answered the unlearning round with "
+                                              "gradient statistics|0 of 1 holders"):
+        strategy.aggregate_train(5, replies)

@@ -17,6 +17,7 @@ from torch import nn
 
 from fedunlearn.class_unlearning import trw_target
 from fedunlearn.clients.request import ClientRequest, LocalRun
+from fedunlearn.clients.train import batch_augmenter
 from fedunlearn.data import ClientData
 from fedunlearn.training import get_weights, model_device, predict_logits, set_weights, train_local
 
@@ -46,5 +47,6 @@ def trw_behaviour(model: nn.Module, data: ClientData, request: ClientRequest) ->
 
     epochs = int(c["local-epochs"])
     res = train_local(model, data.x_train, data.y_train, epochs=epochs, batch_size=int(c["batch-size"]),
-                      lr=float(c["lr"]), momentum=float(c["momentum"]), seed=request.seed, loss_of=loss_of)
+                      lr=float(c["lr"]), momentum=float(c["momentum"]), seed=request.seed, loss_of=loss_of,
+                      augment=batch_augmenter(c, request.seed))
     return LocalRun(res.loss, epochs)

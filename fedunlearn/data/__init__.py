@@ -128,6 +128,11 @@ def data_parts(cfg: DataConfig) -> tuple[Part, Part]:
     return source, splitter
 
 
+def source_dataset(cfg: DataConfig, seed: int) -> Dataset:
+    """The data set ``cfg`` names, loaded but not partitioned or poisoned (no client rule needed)."""
+    return _load(data_parts(cfg)[0], cfg, seed)
+
+
 def validation_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(validation, pool): sorted train indices, ``share`` of every class held out (rounded), seeded by ``seed``.
 

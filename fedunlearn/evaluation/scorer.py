@@ -68,8 +68,9 @@ class Scorer:
         in_forget = np.isin(data.y_test[scored], self.forget_classes)
         self.x_test, self.y_test = data.x_test[scored[~in_forget]], data.y_test[scored[~in_forget]]
         self.x_forget_test, self.y_forget_test = data.x_test[scored[in_forget]], data.y_test[scored[in_forget]]
-        self.x_val, self.y_val = ((data.x_val, data.y_val) if data.y_val is not None
-                                  else (data.x_test[:0], data.y_test[:0]))
+        x_val, y_val = (data.x_val, data.y_val) if data.y_val is not None else (data.x_test[:0], data.y_test[:0])
+        kept_val = ~np.isin(y_val, self.forget_classes)  # like test_acc: the remaining classes only
+        self.x_val, self.y_val = x_val[kept_val], y_val[kept_val]
         sets = ForgetSets.of(data, self.requests, cfg.seed) if self.requests else None
         forget, retain, kept = [], [], []
         for pid, c in enumerate(data.clients):

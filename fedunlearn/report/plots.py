@@ -231,12 +231,10 @@ class SweepLine:
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     """``NAME@key=value,...`` (summary.csv's ``spec``) as (NAME, {key: value as written})."""
-    name, _, at = spec.partition("@")
-    settings = {}
-    for item in filter(None, at.split(",")):
-        key, _, value = item.partition("=")
-        settings[key.strip()] = value.strip()
-    return name.strip(), settings
+    from fedunlearn.strategies import split_spec
+
+    name, items = split_spec(spec)
+    return name, {key.strip(): value.strip() for key, _, value in (item.partition("=") for item in items)}
 
 
 def _short(value: str) -> str:
@@ -255,12 +253,12 @@ def _number(value: str) -> float | None:
 
 def registry_step_keys(strategy: str) -> set[str]:
     """The settings that scale ``strategy``'s step (``step_settings`` of its parts), bare and dotted."""
-    try:
-        from fedunlearn.strategies import STRATEGIES, WRAPPERS
+    from fedunlearn.settings import ConfigError
+    from fedunlearn.strategies import spec_parts
 
-        names = STRATEGIES.expand(strategy).split("+")
-        parts = [STRATEGIES.get(names[0])] + [WRAPPERS.get(n) for n in names[1:]]
-    except Exception:  # an import path that no longer imports: no step settings known
+    try:
+        parts = spec_parts(strategy)
+    except ConfigError:  # a part no longer known or importable: no step settings known
         return set()
     keys = set()
     for p in parts:

@@ -48,7 +48,9 @@ class Candidate:
 
 def delay_value(raw) -> tuple[float, bool]:
     """A summary's relearning delay as (number, censored): ``> R`` is R + 1, censored."""
-    text = str(raw).strip()
+    text = "" if raw is None else str(raw).strip()
+    if not text:
+        raise ValueError(f"a row has no relearning delay ({DELAY}); run the sweep with probe.enabled = true")
     if text.startswith(">"):
         return float(text.lstrip("> ")) + 1, True
     return float(text), False
@@ -94,7 +96,7 @@ def candidates(rows: list[dict], forgetting: ForgettingConfig | None = None, ref
         settings = ieu_settings(str(mine[0].get("spec") or label), forgetting)
         if settings is None:
             continue
-        delays = [delay_value(r[DELAY]) for r in mine]
+        delays = [delay_value(r.get(DELAY)) for r in mine]
         c = Candidate(label, settings.side, settings.decay, settings.noise, len(mine), _mean([d for d, _ in delays]),
                       sum(c for _, c in delays), _mean([_number(r.get(ACCURACY)) for r in mine]),
                       _mean([_number(r.get(AUC)) for r in mine]), _mean([_number(r.get(COST)) for r in mine]))
@@ -128,7 +130,7 @@ def selection_table(rows: list[dict], forgetting: ForgettingConfig | None = None
     for name in baselines:
         mine = [r for r in rows if r["strategy"] == name]
         if mine:
-            delays = [delay_value(r[DELAY]) for r in mine]
+            delays = [delay_value(r.get(DELAY)) for r in mine]
             lines.append(f"| {name} |  |  |  | {_cell(_mean([d for d, _ in delays]))} ({sum(c for _, c in delays)}/"
                          f"{len(mine)}) | {_cell(_mean([_number(r.get(ACCURACY)) for r in mine]))} |  | "
                          f"{_cell(_mean([_number(r.get(AUC)) for r in mine]))} | "

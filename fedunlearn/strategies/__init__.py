@@ -120,10 +120,22 @@ def _flat(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def split_spec(spec: str) -> tuple[str, list[str]]:
+    """``NAME@key=value,...`` as (NAME, ["key=value", ...]), the items as written."""
+    name, _, at = spec.partition("@")
+    return name.strip(), [item.strip() for item in at.split(",") if item.strip()]
+
+
+def spec_parts(name: str) -> list[Part]:
+    """The strategy and the wrappers ``NAME+WRAPPER...`` names, in order (ConfigError for an unknown one)."""
+    names = STRATEGIES.expand(name).split("+")
+    return [STRATEGIES.get(names[0])] + [WRAPPERS.get(n) for n in names[1:]]
+
+
 def _at_settings(written: str) -> tuple[str, list[tuple[list[str], Any]]]:
     """``NAME@key=value,...`` as (NAME, [(keys, value), ...])."""
-    name, _, at = written.partition("@")
-    return name, [parse_override(item) for item in filter(None, at.split(","))]
+    name, items = split_spec(written)
+    return name, [parse_override(item) for item in items]
 
 
 def _entry(entry: str | dict[str, Any]) -> tuple[str, str, list[tuple[list[str], Any]]]:
@@ -156,7 +168,7 @@ def strategy_spec(entry: str | dict[str, Any], forgetting: ForgettingConfig) -> 
                           "label without '/', not starting with '.', other than 'original'")
     name = spec.partition("@")[0]
     names = STRATEGIES.expand(name).split("+")
-    parts = [STRATEGIES.get(names[0])] + [WRAPPERS.get(n) for n in names[1:]]
+    parts = spec_parts(name)
     _check_part(parts[0], Unlearner)
     for p in parts[1:]:
         _check_part(p, UnlearnerWrapper)
@@ -217,4 +229,4 @@ def resolve_strategies(cfg: ExperimentConfig) -> list[StrategySpec]:
 
 __all__ = ["REFERENCE", "STRATEGIES", "WRAPPERS", "ClientUpdate", "RecordingFedAvg", "RoundReport", "StrategySpec",
            "TooFewClientsError", "UnlearningContext", "UnlearningError", "Unlearner", "UnlearnerWrapper",
-           "resolve_strategies", "strategy_spec"]
+           "resolve_strategies", "spec_parts", "split_spec", "strategy_spec"]

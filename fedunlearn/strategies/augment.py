@@ -2,8 +2,8 @@
 
 ``puf+augment`` (any strategy ``+augment``): the clients' local batches are augmented with
 ``[forgetting.augment] policy`` (torchvision's TrivialAugmentWide by default) in the unlearning
-rounds and the recovery rounds, never in the original training. The relearning probe has its own
-setting (``probe.augment``), the same for every model probed, so delays stay comparable.
+rounds and the recovery rounds, never in the original training. The relearning probe is not augmented: it relearns every
+model with the same recipe, so delays stay comparable.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fedunlearn.arrays import Weights
 from fedunlearn.augmentation import POLICIES
 from fedunlearn.config import ExperimentConfig
-from fedunlearn.data import federated_data
+from fedunlearn.data import source_dataset
 from fedunlearn.settings import require
 from fedunlearn.strategies.base import UnlearnerWrapper, UnlearningContext
 from fedunlearn.strategies.wrapping import WithClientConfig
@@ -35,7 +35,7 @@ class Augment(UnlearnerWrapper):
     Settings = AugmentSettings
 
     def refuses(self, cfg: ExperimentConfig) -> str:
-        shape = federated_data(cfg.data, cfg.seed).input_shape
+        shape = source_dataset(cfg.data, cfg.seed).input_shape
         if len(shape) != 3:
             return (f"augments images (channels, height, width), and data.name = {cfg.data.name!r} has inputs of "
                     f"shape {shape}")

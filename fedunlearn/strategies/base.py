@@ -132,9 +132,10 @@ class Unlearner:
     the exact reference every metric is scored against, e.g. retrain), ``needs_history`` (it
     reads past rounds' pseudo-gradients), ``step_settings`` (the settings that scale its step,
     named when a step leaves NaN or Inf in the weights), ``kinds`` (the request kinds it serves;
-    an experiment with another kind is refused before any training), ``first_order`` (its
-    unlearning rounds move the model by a step built from the holders' fresh updates, which
-    feasible-update masking can mask).
+    an experiment with another kind is refused before any training). :meth:`first_order_step`
+    says whether its unlearning rounds move the model by a step built from the holders' fresh
+    updates (which feasible-update masking can mask), :meth:`refuses` whether it can run in an
+    experiment at all.
 
     Parameters
     ----------
@@ -148,7 +149,6 @@ class Unlearner:
     needs_history = False
     step_settings: tuple[str, ...] = ()
     kinds: tuple[str, ...] = REQUEST_KINDS
-    first_order = False
 
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings
@@ -171,7 +171,7 @@ class Unlearner:
 
     def first_order_step(self) -> bool:
         """Whether its unlearning rounds apply a first-order step from fresh forget updates (maskable)."""
-        return self.first_order
+        return False
 
     def step_size(self) -> dict[str, Any]:
         """The settings that scale the unlearning step, by name, with their values."""

@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedunlearn.arrays import Weights, record_like
 from fedunlearn.class_unlearning import split_filter, with_filter
+from fedunlearn.config import ExperimentConfig
 from fedunlearn.settings import require
 from fedunlearn.strategies.base import UnlearnerWrapper, UnlearningContext
 from fedunlearn.strategies.fedavg import RecordingFedAvg
@@ -112,7 +113,6 @@ class IEUClientSide(WithClientConfig):
 
     def __init__(self, inner: Strategy, decay: float, noise: float) -> None:
         super().__init__(inner, {DECAY_KEY: float(decay), NOISE_KEY: float(noise)})
-        self.decay, self.noise = decay, noise
 
 
 class IEU(UnlearnerWrapper):
@@ -125,6 +125,15 @@ class IEU(UnlearnerWrapper):
     @property
     def client_side(self) -> bool:
         return self.settings.side == "client"
+
+    def refuses(self, cfg: ExperimentConfig) -> str:
+        f = self.settings
+        if self.client_side and not self.inner.recovers:
+            return "with side = \"client\" acts in recovery rounds, and the method it wraps runs none"
+        if self.client_side and cfg.forgetting.recovery_rounds < f.rounds:
+            return (f"with side = \"client\" needs {f.rounds} recovery round(s), and forgetting.recovery_rounds is "
+                    f"{cfg.forgetting.recovery_rounds}")
+        return super().refuses(cfg)
 
     @property
     def min_recovery_rounds(self) -> int:

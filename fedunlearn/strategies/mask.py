@@ -34,8 +34,8 @@ from fedunlearn.arrays import Weights, apply_updates, record_like
 from fedunlearn.config import ExperimentConfig
 from fedunlearn.settings import require
 from fedunlearn.strategies.base import UnlearnerWrapper, UnlearningContext, UnlearningError
-from fedunlearn.strategies.fedavg import FORGET, RecordingFedAvg
-from fedunlearn.strategies.wrapping import StrategyWrapper
+from fedunlearn.strategies.fedavg import FORGET, REGULAR, RecordingFedAvg
+from fedunlearn.strategies.wrapping import StrategyWrapper, add_config
 
 
 @dataclass
@@ -105,7 +105,7 @@ class FeasibleUpdateMask(StrategyWrapper):
         forget = {id(m) for m, role in base_strategy(self.inner)._sent if role == FORGET}
         for m in messages:
             if id(m) in forget:
-                m.content["config"] = ConfigRecord({**dict(m.content["config"]), "grad-stats": True})
+                add_config(m, {"grad-stats": True})
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -113,9 +113,10 @@ class FeasibleUpdateMask(StrategyWrapper):
         base = base_strategy(self.inner)
         updates = base.collect(server_round, replies)
         forget = [u for u in updates if u.role == FORGET]
-        if not forget or any("grad-mean" not in u.extra for u in forget):
-            raise UnlearningError("mask: the unlearning round returned no forget update with gradient statistics "
-                                  "(a step from stored updates cannot be masked)")
+        asked = sum(role == FORGET for _, role in base._sent)
+        if not forget or len(forget) < asked or any("grad-mean" not in u.extra for u in forget):
+            raise UnlearningError(f"mask: {len(forget)} of {asked} holders of forget data answered the unlearning "
+                                  "round with gradient statistics; every one must (a stored update cannot be masked)")
         w_t = base._global
         full = base.combine(server_round, w_t, updates)
         zeroed = [dataclasses.replace(u, delta=[np.zeros_like(d) for d in u.delta]) if u.role == FORGET else u
@@ -123,7 +124,7 @@ class FeasibleUpdateMask(StrategyWrapper):
         without = base.combine(server_round, w_t, zeroed)
         step = apply_updates(full, [(-1.0, without)])
         retained = apply_updates(without, [(-1.0, w_t)])
-        self.feasibility_checked = any(np.any(r != 0) for r in retained)
+        self.feasibility_checked = any(u.role == REGULAR for u in updates)
         holders = [HolderStats(u.num_examples, u.extra["grad-mean"], u.extra["grad-std"],
                                int(u.metrics["grad-batches"])) for u in forget]
         masks = feasible_mask(step, retained if self.feasibility_checked else None, holders, self.z)

@@ -21,7 +21,7 @@ import numpy as np
 
 from fedunlearn.arrays import Weights
 from fedunlearn.config import ExperimentConfig
-from fedunlearn.data import federated_data
+from fedunlearn.data import source_dataset
 from fedunlearn.models import build_model
 from fedunlearn.settings import ConfigError, require
 from fedunlearn.strategies.base import Unlearner, UnlearningContext
@@ -78,10 +78,11 @@ def negate(weights: Weights, indices: Sequence[int]) -> Weights:
     return [(-w if i in chosen else w).astype(np.float32, copy=True) for i, w in enumerate(weights)]
 
 
-def tensor_names(cfg: ExperimentConfig) -> list[str]:
-    """The state-dict names of the experiment's model, in order."""
-    data = federated_data(cfg.data, cfg.seed)
-    return list(build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed).state_dict())
+def tensor_shapes(cfg: ExperimentConfig) -> dict[str, tuple[int, ...]]:
+    """The state-dict names and shapes of the experiment's model, in order."""
+    data = source_dataset(cfg.data, cfg.seed)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
+    return {k: tuple(t.shape) for k, t in model.state_dict().items()}
 
 
 class NoT(Unlearner):
@@ -93,15 +94,14 @@ class NoT(Unlearner):
         """An unknown layer is refused before training, naming ``forgetting.not.layers`` (ConfigError)."""
         layers = self.settings.layers if self.settings is not None else []
         if layers:
-            data = federated_data(cfg.data, cfg.seed)
-            state = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed).state_dict()
-            layer_indices(layers, [t.numpy() for t in state.values()], list(state))
+            shapes = tensor_shapes(cfg)
+            layer_indices(layers, [np.zeros(s) for s in shapes.values()], list(shapes))
         return ""
 
     def unlearn(self, ctx: UnlearningContext) -> Weights:
         layers = self.settings.layers if self.settings is not None else []
         network = ctx.init_weights  # the network's tensors (an output filter's matrix is never negated)
-        names = tensor_names(ctx.cfg) if any(isinstance(x, str) for x in layers) else None
+        names = list(tensor_shapes(ctx.cfg)) if any(isinstance(x, str) for x in layers) else None
         indices = layer_indices(layers, network, names)
         ctx.notes["not_layers"] = ", ".join(
             f"{i}{' (' + names[i] + ')' if names else ''} {'x'.join(map(str, network[i].shape))}" for i in indices)

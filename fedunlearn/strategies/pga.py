@@ -111,7 +111,9 @@ class PGA(Unlearner):
 
     Settings = PGASettings
     step_settings = ("lr",)
-    first_order = True
+
+    def first_order_step(self) -> bool:
+        return True
 
     def radius(self, ctx: UnlearningContext, w_ref: Weights) -> float:
         data = federated_data(ctx.cfg.data, ctx.cfg.seed)

@@ -135,7 +135,6 @@ class PUF(Unlearner):
 
     Settings = PUFSettings
     step_settings = ("eta",)
-    first_order = True
 
     def first_order_step(self) -> bool:
         return not self.settings.offline  # an offline target's stored Δ comes without gradient statistics

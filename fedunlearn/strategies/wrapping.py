@@ -69,6 +69,11 @@ class WithClientConfig(StrategyWrapper):
                         grid: Grid) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
         for m in messages:
-            sent = m.content.config_records.get("config")  # a strategy may send none: then it gets one
-            m.content["config"] = ConfigRecord({**(dict(sent) if sent is not None else {}), **self.config})
+            add_config(m, self.config)
         return messages
+
+
+def add_config(message: Message, config: dict) -> None:
+    """Add ``config`` to ``message``'s ConfigRecord ``"config"`` (created when the strategy sent none)."""
+    sent = message.content.config_records.get("config")
+    message.content["config"] = ConfigRecord({**(dict(sent) if sent is not None else {}), **config})
