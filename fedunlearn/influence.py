@@ -97,6 +97,22 @@ def ggn_hvp(model: nn.Module, params: torch.Tensor, x: torch.Tensor | np.ndarray
     Per batch one jvp gives J v and the logits, Λ is applied per sample, and one vjp gives
     Jᵀ(ΛJv); memory is that of a forward and backward pass of ``batch_size`` samples, never p × p.
     This is the client-side "H_k v on my data"; :func:`weighted_hvp` combines clients.
+
+    Parameters
+    ----------
+    model
+        Any module without buffers; only its structure is used.
+    params
+        θ̂ as a flat vector (:func:`flat_params`); its dtype and device are the computation's.
+    x
+        The n samples (a client's own rows in the federated form).
+    batch_size
+        Samples per jvp/vjp pass.
+
+    Returns
+    -------
+    Callable
+        v (p,) ↦ (1/n) Σ_i J_iᵀ Λ_i J_i v (p,), λ not included.
     """
     xt = _as(x, params)
     n = len(xt)
@@ -164,6 +180,24 @@ def conjugate_gradient(hvp: Hvp, rhs: torch.Tensor, damping: float = 0.0, tol: f
     the system definite. Starts from x = 0 and stops when ‖r‖ ≤ tol·‖rhs‖ or after ``max_iter``
     iterations. In the federated form ``hvp`` is :func:`weighted_hvp` of the clients' products:
     each iteration is one round of "H_k v" requests.
+
+    Parameters
+    ----------
+    hvp
+        v ↦ A v, A symmetric positive semi-definite.
+    rhs
+        The right-hand side (b/n for the removal estimate).
+    damping
+        λ, added as λ v to every product.
+    tol
+        Relative residual ‖r‖/‖rhs‖ at which to stop.
+    max_iter
+        Iteration cap; :attr:`CGResult.converged` says whether ``tol`` was reached.
+
+    Returns
+    -------
+    CGResult
+        The solution, iterations taken and ‖r_k‖ for k = 0..iterations.
     """
     x = torch.zeros_like(rhs)
     r = rhs.clone()
@@ -295,6 +329,25 @@ def dual_solve(model: nn.Module, params: torch.Tensor, x: torch.Tensor | np.ndar
     with Λ_i = diag(p_i) − p_i p_iᵀ. 𝐊 is built by :func:`kernel_matrix` under the block bound,
     the nC × nC system solved by ``torch.linalg.solve`` and Δθ obtained block by block.
     It needs every training sample's Jacobian: in a federation, a simulation-side oracle.
+
+    Parameters
+    ----------
+    model, params
+        As for :func:`ggn_hvp`.
+    x, y
+        All n training samples and labels (the forget set among them).
+    forget
+        Indices of the forget samples in ``x``, or a boolean mask of length n.
+    damping
+        λ > 0.
+    block_size, memory_bytes
+        Samples per Jacobian block, or the bytes two blocks may take (:func:`block_size_for`);
+        neither: one block of all n samples.
+
+    Returns
+    -------
+    DualResult
+        α (n × C), Δθ = 𝐉ᵀα (p,) and the block size used.
     """
     if damping <= 0:
         raise ValueError(f"damping must be > 0 (got {damping})")
