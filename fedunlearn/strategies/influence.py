@@ -17,7 +17,9 @@ b = Σ_{i∈S} J_iᵀ g_i. Two forms (``form``):
   simulation (no Flower round): an oracle, not a private protocol; the notes say so.
 
 Settings ``[forgetting.influence]``: ``damping`` λ, ``tol`` and ``max_iter`` (CG), ``form``,
-``memory_mb`` (the dual's Jacobian blocks), ``recovery`` (false: one shot).
+``memory_mb`` (the dual's Jacobian blocks), ``recovery`` (false: one shot), ``estimate`` (false:
+the comparison scores the dual's predicted output and loss changes against the retrained model,
+:func:`retrain_estimate`; a simulation-side oracle, read by :func:`fedunlearn.phases.compare.compare_seed`).
 """
 
 from __future__ import annotations
@@ -33,10 +35,19 @@ from flwr.serverapp import Grid
 
 from fedunlearn.arrays import Weights
 from fedunlearn.clients.influence import HVP, LOSSGRAD, VECTOR
-from fedunlearn.config import ForgetRequest
+from fedunlearn.config import ExperimentConfig, ForgetRequest
 from fedunlearn.data import federated_data
-from fedunlearn.data.forget_sets import forget_indices, kept_indices, requests_json
-from fedunlearn.influence import conjugate_gradient, dual_solve, flat_params
+from fedunlearn.data.forget_sets import ForgetSets, forget_indices, kept_indices, requests_json
+from fedunlearn.influence import (
+    conjugate_gradient,
+    dual_solve,
+    flat_params,
+    linearisation_error,
+    loss_change,
+    output_change,
+    outputs,
+    residual_gradient_norm,
+)
 from fedunlearn.models import build_model
 from fedunlearn.settings import require
 from fedunlearn.store import PseudoGradientStore
@@ -46,6 +57,8 @@ from fedunlearn.training import set_weights
 
 PRODUCT = "hvp"  # the role of an H_k v task (never recorded in the pseudo-gradient store)
 DUAL_KERNEL_LIMIT = 2 * 2**30  # bytes of the nC × nC dual kernel beyond which the dual is refused
+ESTIMATE_COLUMNS = ("estimate_rel_error_test", "estimate_rel_error_forget", "estimate_loss_pearson_test",
+                    "estimate_loss_pearson_forget", "estimate_linearisation_error", "estimate_residual_gradient")
 
 
 @dataclass
@@ -58,6 +71,7 @@ class InfluenceSettings:
     form: str = "primal"
     memory_mb: float = 256.0
     recovery: bool = False
+    estimate: bool = False
 
     def validate(self) -> None:
         require(math.isfinite(self.damping) and self.damping > 0, "damping",
@@ -69,6 +83,8 @@ class InfluenceSettings:
         require(self.form in ("primal", "dual"), "form", f"must be 'primal' or 'dual' (got {self.form!r})")
         require(math.isfinite(self.memory_mb) and self.memory_mb > 0, "memory_mb",
                 f"must be > 0 (got {self.memory_mb}); two Jacobian blocks of the dual fit in it")
+        require(isinstance(self.estimate, bool), "estimate",
+                f"must be true or false (got {self.estimate!r}); true scores the dual's prediction of retrain")
 
 
 class InfluenceRound(RecordingFedAvg):
@@ -147,17 +163,115 @@ def _split(flat: torch.Tensor, like: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 def pooled_rows(ctx: UnlearningContext, participants: Sequence[int]):
     """Every participant's rows at the request (earlier requests' samples gone), and which are S."""
-    cfg = ctx.cfg
+    return rows_at_request(ctx.cfg, ctx.request, ctx.earlier, participants)
+
+
+def rows_at_request(cfg: ExperimentConfig, request: ForgetRequest, earlier: Sequence[ForgetRequest],
+                    participants: Sequence[int]):
+    """:func:`pooled_rows` without a context: (data, x, y, forget mask) of the participants' rows."""
     data = federated_data(cfg.data, cfg.seed)
     xs, ys, forget = [], [], []
     for pid in participants:
         c = data.clients[pid]
-        kept = kept_indices(c.y_train, c.poisoned, pid, cfg.seed, ctx.earlier, ())
-        gone = forget_indices(ctx.request, pid, c.y_train, c.poisoned, cfg.seed)
+        kept = kept_indices(c.y_train, c.poisoned, pid, cfg.seed, list(earlier), ())
+        gone = forget_indices(request, pid, c.y_train, c.poisoned, cfg.seed)
         xs.append(c.x_train[kept])
         ys.append(c.y_train[kept])
         forget.append(np.isin(kept, gone))
     return data, np.concatenate(xs), np.concatenate(ys), np.concatenate(forget)
+
+
+def _check_kernel(n: int, num_classes: int) -> None:
+    kernel = (n * num_classes) ** 2 * 8
+    if kernel > DUAL_KERNEL_LIMIT:
+        raise UnlearningError(f"influence: the dual kernel of {n} samples x {num_classes} classes "
+                              f"takes {kernel / 2**30:.1f} GiB (limit {DUAL_KERNEL_LIMIT / 2**30:g}); "
+                              "use form = \"primal\" (and estimate = false)")
+
+
+# ----------------------------------------------------------------------------- the estimate of retrain
+
+
+def relative_error(predicted: torch.Tensor, real: torch.Tensor) -> float:
+    """‖predicted − real‖ / ‖real‖ (Frobenius); NaN when ``real`` is 0 or empty."""
+    den = float(real.norm()) if real.numel() else 0.0
+    return float((predicted - real).norm()) / den if den > 0 else float("nan")
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two equally long vectors; NaN with fewer than two entries or no spread."""
+    a, b = a.reshape(-1).double(), b.reshape(-1).double()
+    if a.numel() < 2:
+        return float("nan")
+    a, b = a - a.mean(), b - b.mean()
+    den = float(a.norm() * b.norm())
+    return float(a @ b) / den if den > 0 else float("nan")
+
+
+def score_estimate(predicted_f: torch.Tensor, real_f: torch.Tensor, predicted_loss: torch.Tensor,
+                   real_loss: torch.Tensor) -> dict[str, float]:
+    """``rel_error`` of the output changes (n × C) and ``loss_pearson`` of the loss changes (n) on one set."""
+    return {"rel_error": relative_error(predicted_f, real_f), "loss_pearson": pearson(predicted_loss, real_loss)}
+
+
+def estimate_settings(specs: Sequence) -> InfluenceSettings | None:
+    """The settings of the first listed ``influence`` strategy with ``estimate = true``, if any."""
+    for spec in specs:
+        if isinstance(spec.settings[0], InfluenceSettings) and spec.settings[0].estimate:
+            return spec.settings[0]
+    return None
+
+
+def estimate_applies(cfg: ExperimentConfig) -> bool:
+    """Whether the estimate can be scored: exactly one forget request, at the last training round."""
+    requests = cfg.forget_requests()
+    return len(requests) == 1 and requests[0].round == cfg.train.rounds
+
+
+def retrain_estimate(cfg: ExperimentConfig, settings: InfluenceSettings, original: Weights, retrained: Weights,
+                     sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Predict retrain from θ̂ by the dual and score the prediction against the real retrained model.
+
+    The dual (:func:`~fedunlearn.influence.dual_solve`, ``settings``' λ and memory bound) runs on
+    every client's rows at the one request (its S included; :func:`rows_at_request`), a
+    simulation-side oracle. On each set of ``sets`` (``"test"``, ``"forget"``: (x, y)) the predicted
+    output changes Δf = K(x, X) α and loss changes gᵀΔf are compared with the real ones,
+    f(θ_retrain) − f(θ̂) and ℓ(θ_retrain) − ℓ(θ̂): ``estimate_rel_error_<set>`` and
+    ``estimate_loss_pearson_<set>``. Also ``estimate_linearisation_error`` (over the sets' rows
+    together) and ``estimate_residual_gradient`` ‖∇L(θ̂)‖ over the pooled rows. Only the network's
+    arrays are read (never an output filter's).
+    """
+    request = cfg.forget_requests()[0]
+    data = federated_data(cfg.data, cfg.seed)
+    removed = ForgetSets.of(data, [request], cfg.seed)
+    participants = sorted(set(removed.holders[0]) | set(removed.remaining_clients(data)))
+    data, x, y, forget = rows_at_request(cfg, request, [], participants)
+    _check_kernel(len(x), data.num_classes)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
+    n_arrays = len(list(model.parameters()))
+    set_weights(model, list(retrained[:n_arrays]))
+    theta_r = flat_params(model)
+    set_weights(model, list(original[:n_arrays]))
+    theta = flat_params(model)
+    memory = int(settings.memory_mb * 2**20)
+    res = dual_solve(model, theta, x, y, forget, settings.damping, memory_bytes=memory)
+    out: dict[str, float] = {}
+    for name, (xs, ys) in sets.items():
+        if len(ys) == 0:
+            out.update({f"estimate_rel_error_{name}": float("nan"), f"estimate_loss_pearson_{name}": float("nan")})
+            continue
+        logits = outputs(model, theta, xs)
+        real_f = outputs(model, theta_r, xs) - logits
+        pred_f = output_change(model, theta, xs, x, res.alpha, memory_bytes=memory)
+        yt = torch.as_tensor(ys, dtype=torch.long)
+        loss = torch.nn.functional.cross_entropy
+        real_loss = loss(logits + real_f, yt, reduction="none") - loss(logits, yt, reduction="none")
+        scores = score_estimate(pred_f, real_f, loss_change(logits, yt, pred_f), real_loss)
+        out.update({f"estimate_{k}_{name}": v for k, v in scores.items()})
+    x_eval = np.concatenate([xs for xs, ys in sets.values() if len(ys)])
+    out["estimate_linearisation_error"] = linearisation_error(model, theta, x_eval, res.delta)
+    out["estimate_residual_gradient"] = residual_gradient_norm(model, theta, x, y)
+    return out
 
 
 class Influence(Unlearner):
@@ -222,11 +336,7 @@ class Influence(Unlearner):
     def _dual(self, ctx: UnlearningContext, network: Weights, participants: list[int]) -> torch.Tensor:
         f = self.settings
         data, x, y, forget = pooled_rows(ctx, participants)
-        kernel = (len(x) * data.num_classes) ** 2 * 8
-        if kernel > DUAL_KERNEL_LIMIT:
-            raise UnlearningError(f"influence: the dual kernel of {len(x)} samples x {data.num_classes} classes "
-                                  f"takes {kernel / 2**30:.1f} GiB (limit {DUAL_KERNEL_LIMIT / 2**30:g}); "
-                                  "use form = \"primal\"")
+        _check_kernel(len(x), data.num_classes)
         model = build_model(ctx.cfg.model, data.input_shape, data.num_classes, ctx.cfg.seed)
         set_weights(model, network)
         res = dual_solve(model, flat_params(model), x, y, forget, f.damping,
