@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev, jvp, vjp
+from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 Hvp = Callable[[torch.Tensor], torch.Tensor]
 
@@ -244,9 +244,18 @@ def _indices(forget: np.ndarray | Sequence[int], n: int) -> torch.Tensor:
 
 
 def jacobian(model: nn.Module, params: torch.Tensor, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """The stacked Jacobian of the rows of ``x``: shape (len(x)·C, p), row i·C + c = ∂f_c(x_i)/∂θ."""
+    """The stacked Jacobian of the rows of ``x``: shape (len(x)·C, p), row i·C + c = ∂f_c(x_i)/∂θ.
+
+    Per-sample Jacobians, ``vmap(jacrev(f_single))`` over the rows: memory grows with the result,
+    B·C·p, not with B² as ``jacrev`` over the whole block's outputs does (each of its B·C
+    pullbacks carries the batch).
+    """
     xt = _as(x, params)
-    jac = jacrev(lambda theta: outputs(model, theta, xt))(params)
+
+    def single(theta: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        return outputs(model, theta, xi.unsqueeze(0)).squeeze(0)
+
+    jac = vmap(jacrev(single), in_dims=(None, 0))(params, xt)  # (B, C, p)
     return jac.reshape(-1, params.numel())
 
 
