@@ -10,6 +10,7 @@ plain ``train`` messages. Adding one is one file here and one line below.
 from __future__ import annotations
 
 from fedunlearn.clients.ascent import ascent_behaviour
+from fedunlearn.clients.influence import hvp_behaviour, lossgrad_behaviour
 from fedunlearn.clients.probe import probe_behaviour
 from fedunlearn.clients.request import ClientRequest, LocalRun
 from fedunlearn.clients.train import train_behaviour
@@ -21,5 +22,7 @@ BEHAVIOURS.register("default", train_behaviour)
 BEHAVIOURS.register("ascent", ascent_behaviour)
 BEHAVIOURS.register("trw", trw_behaviour)
 BEHAVIOURS.register("probe", probe_behaviour)
+BEHAVIOURS.register("hvp", hvp_behaviour)
+BEHAVIOURS.register("lossgrad", lossgrad_behaviour)
 
 __all__ = ["BEHAVIOURS", "ClientRequest", "LocalRun"]

@@ -14,6 +14,10 @@ accuracy (its validation accuracy when ``data.validation`` holds a split out) is
 target and every metric is also reported as its gap to the reference's (same seed). Each piece (a seed's training, each strategy, each model's probe) records the
 settings it depends on (:mod:`fedunlearn.provenance`): with the same settings a finished piece is
 reused, otherwise it is recomputed, so the folder's config.toml describes every result in it.
+
+With ``estimate = true`` on a listed ``influence`` strategy (and one request, at the last round)
+the ``original`` row also holds :data:`~fedunlearn.strategies.influence.ESTIMATE_COLUMNS`: the
+dual's prediction of the reference from θ̂, scored against it (absent otherwise).
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ from fedunlearn.provenance import (
 )
 from fedunlearn.results import RunDir, csv_text
 from fedunlearn.strategies import StrategySpec
+from fedunlearn.strategies.influence import (
+    ESTIMATE_COLUMNS,
+    estimate_applies,
+    estimate_settings,
+    retrain_estimate,
+)
 
 METRIC_COLUMNS = list(METRICS)
 SUMMARY_COLUMNS = ["strategy", "spec", "seed", "forgotten", "from_scratch", *METRIC_COLUMNS, "recovery_rounds",
@@ -80,8 +90,10 @@ def with_gaps(rows: list[dict]) -> list[dict]:
 
 
 def summary_columns(rows: list[dict]) -> list[str]:
+    """SUMMARY_COLUMNS, the extra probe modes' columns, the influence estimate's when a row has them, the gaps."""
     extra = sorted({k for r in rows for k in r if k.startswith("relearn_") and k not in SUMMARY_COLUMNS})
-    return SUMMARY_COLUMNS + extra + gap_columns(SUMMARY_COLUMNS)
+    estimate = [c for c in ESTIMATE_COLUMNS if any(c in r for r in rows)]
+    return SUMMARY_COLUMNS + extra + estimate + gap_columns(SUMMARY_COLUMNS)
 
 
 def write_summary(out: Path, rows: list[dict]) -> None:
@@ -245,6 +257,15 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpe
             check_separation(cfg, scorer, trained.weights, weights)
         seed_rows.append({**row, "seed": cfg.seed, **metrics})
         write_summary(out, rows + seed_rows)
+    estimate = estimate_settings(specs)
+    if estimate is not None and estimate_applies(cfg):  # the original's row: a prediction made from θ̂
+        log(f"[seed {cfg.seed}] influence estimate of {reference.label} (dual, a simulation-side oracle)")
+        seed_rows[0].update(retrain_estimate(cfg, estimate, trained.weights, models[reference.label],
+                                             {"test": (scorer.x_test, scorer.y_test),
+                                              "forget": (scorer.x_forget, scorer.y_forget)}))
+    elif estimate is not None:
+        log(f"[seed {cfg.seed}] influence estimate skipped: it needs exactly one forget request, at the last "
+            "training round")
     reference_view = ModelView.of(scorer, models[reference.label])
     for r in seed_rows:
         r.update(evaluate_all(scorer, models[r["strategy"]], reference_view))

@@ -34,6 +34,7 @@ from fedunlearn.strategies.fedavg import (
 from fedunlearn.strategies.federaser import FedEraser
 from fedunlearn.strategies.fedrecovery import FedRecovery
 from fedunlearn.strategies.ieu import IEU
+from fedunlearn.strategies.influence import Influence
 from fedunlearn.strategies.mask import Mask
 from fedunlearn.strategies.natural import Natural
 from fedunlearn.strategies.negation import NoT
@@ -53,6 +54,7 @@ STRATEGIES.register("output-filter", OutputFilter)
 STRATEGIES.register("trw", TRW)
 STRATEGIES.register("fedrecovery", FedRecovery)
 STRATEGIES.register("not", NoT)
+STRATEGIES.register("influence", Influence)
 STRATEGIES.alias("puf-ieu", "puf+ieu")
 
 WRAPPERS: Registry = Registry("wrapper", "forgetting.strategies")
