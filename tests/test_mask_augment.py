@@ -20,9 +20,9 @@ from fedunlearn.strategies.mask import FeasibleUpdateMask, HolderStats, feasible
 from fedunlearn.strategies.puf import PUFRound
 from fedunlearn.strategies.wrapping import WithClientConfig
 from fedunlearn.training import batch_gradient_stats
-from tests.conftest import ROOT
 from tests.local_grid import local_federation
 from tests.mocks import send, train_reply
+from tests.test_granularity import DEFAULT, TINY
 
 
 def f32(*values):
@@ -143,13 +143,6 @@ def test_with_client_config_adds_its_keys_to_every_train_message():
 
 
 # -- what is refused before training, and a tiny run ----------------------------------------------
-DEFAULT = ROOT / "experiments/default.toml"
-TINY = ["data.num_clients=4", "data.partition=iid", "model.name=mlp", "model.mlp.hidden=32", "train.rounds=3",
-        "train.batch_size=16", "store.history=false", "forgetting.recovery_rounds=1", "forgetting.natural.rounds=1",
-        "forgetting.min_original_test_acc=0", "forgetting.min_original_backdoor_asr=0",
-        "forgetting.min_original_forget_acc=0", "forgetting.check_separation=false", "probe.max_rounds=1",
-        "probe.modes=['all']", "data.backdoor.clients=[1]", "forget=[{clients=[1]}]"]
-
 
 @pytest.mark.parametrize(("strategies", "message"), [
     ("['natural+mask']", "forgetting.strategies: natural+mask has no first-order unlearning step to mask"),

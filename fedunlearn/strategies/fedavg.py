@@ -284,9 +284,12 @@ class RecordingFedAvg(FedAvg):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         updates = self.collect(server_round, replies)
         new = self.combine(server_round, self._global, updates)
-        metrics = MetricRecord({"train-loss": self.report.train_loss, "clients": len(updates),
-                                "failures": len(self.report.failures)})
-        return record_like(self._template, new), metrics
+        return record_like(self._template, new), self.round_metrics(updates)
+
+    def round_metrics(self, updates: list[ClientUpdate]) -> MetricRecord:
+        """The MetricRecord of an aggregated round: mean train loss, clients aggregated, failures."""
+        return MetricRecord({"train-loss": self.report.train_loss, "clients": len(updates),
+                             "failures": len(self.report.failures)})
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float = 600.0) -> list[int]:

@@ -130,9 +130,7 @@ class FeasibleUpdateMask(StrategyWrapper):
         masks = feasible_mask(step, retained if self.feasibility_checked else None, holders, self.z)
         self.kept = {name: (int(m.sum()), int(m.size)) for name, m in zip(base._template.keys(), masks, strict=True)}
         new = apply_updates(without, [(1.0, [g * m for g, m in zip(step, masks, strict=True)])])
-        metrics = MetricRecord({"train-loss": base.report.train_loss, "clients": len(updates),
-                                "failures": len(base.report.failures)})
-        return record_like(base._template, new), metrics
+        return record_like(base._template, new), base.round_metrics(updates)
 
 
 def describe_kept(kept: dict[str, tuple[int, int]]) -> str:
