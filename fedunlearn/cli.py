@@ -5,6 +5,7 @@
     fedunlearn forget RUN_DIR (--client 3 | --samples 3:poisoned | --class 7) --strategy puf-ieu
                       [--recovery-rounds R] [--set ...] [--out DIR]
     fedunlearn run EXPERIMENT.toml [--seeds N] [--set key=value ...] [--out DIR] [--resume]
+                   (an experiment with a [sweep] table runs once per point, fedunlearn.phases.sweep)
     fedunlearn probe RUN_DIR (--client 3 | --samples 3:poisoned | --class 7) [--metric backdoor] [--mode all|alone] [--max-rounds R] [--model DIR]
     fedunlearn plot DIR
     fedunlearn report DIR [--markdown] [--html] [--columns a,b,c]
@@ -87,11 +88,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fedunlearn.data import federated_data
-    from fedunlearn.evaluation import Scorer
     from fedunlearn.flower.runtime import run_federation
     from fedunlearn.parts import for_seed, load_experiment
     from fedunlearn.phases.train import train_phase
     from fedunlearn.provenance import check_owned
+    from fedunlearn.tasks import task_of
 
     cfg = for_seed(load_experiment(args.experiment, args.set))
     check_resources(cfg.simulation)
@@ -99,11 +100,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_owned(out)  # a training run never clears files it did not write
     out = _out_dir(args, out, "checkpoint")
     print(f"training {cfg.data.num_clients} clients on {cfg.data.name} for {cfg.train.rounds} rounds -> {out}")
-    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forget_requests())
+    scorer = task_of(cfg).scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forget_requests())
     result = run_federation(cfg.data.num_clients, cfg.simulation,
                             lambda fed: train_phase(fed, cfg, out, scorer, resume=args.resume), out / "failures.log",
                             resources_checked=True)
-    print(f"final test accuracy {float(result.rows[-1]['test_acc']):.4f}; results in {out}")
+    first = scorer.round_columns[0]
+    print(f"final {first} {float(result.rows[-1][first]):.4f}; results in {out}")
     return 0
 
 
@@ -133,6 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedunlearn.report import markdown_table, read_summary
 
     cfg = load_experiment(args.experiment, args.set)
+    if cfg.sweep:
+        return run_sweep_command(args, cfg)
     check_comparison(cfg, args.seeds)
     check_resources(cfg.simulation)
     out = _out_dir(args, Path("runs") / Path(args.experiment).stem, "config.toml")
@@ -142,6 +146,24 @@ def cmd_run(args: argparse.Namespace) -> int:
                    out / "failures.log", resources_checked=True)
     print(markdown_table(read_summary(out)))  # what `fedunlearn report OUT --markdown` prints
     _draw(out)
+    return 0
+
+
+def run_sweep_command(args: argparse.Namespace, cfg) -> int:
+    """``fedunlearn run`` of an experiment with a ``[sweep]``: every point checked first, then compared."""
+    from fedunlearn.flower.runtime import run_federation
+    from fedunlearn.phases.sweep import point_configs, point_name, run_sweep
+    from fedunlearn.report.plots import sweep_plot
+
+    points = point_configs(args.experiment, args.set, cfg, args.seeds)
+    check_resources(cfg.simulation)
+    out = _out_dir(args, Path("runs") / Path(args.experiment).stem, "sweep.csv")
+    print(f"sweeping {', '.join(cfg.sweep)}: {len(points)} point(s), {args.seeds} seed(s) each -> {out}")
+    run_federation(cfg.data.num_clients, cfg.simulation, lambda fed: run_sweep(fed, points, out, args.seeds),
+                   out / "failures.log", resources_checked=True)
+    for point, _ in points:
+        _draw(out / point_name(point))
+    print(f"sweep: {out / 'sweep.csv'}; plot: {sweep_plot(out)}")
     return 0
 
 

@@ -58,12 +58,15 @@ class DataConfig:
     ``[data.dirichlet] alpha = 0.5`` or ``[data.mnist] root = "/data"``. ``validation`` is the
     share of the training pool held out (seeded, stratified) before partitioning: no client trains
     on it, and the protocol's own choices read it instead of the test set (docs/methods.md).
+    ``binarize`` t > 0 maps every feature to 1 where x >= t and 0 elsewhere (the generative task's
+    binary data: digits' pixel >= 8 of 16 is t = 0.5).
     """
 
     name: str = "digits"
     num_clients: int = 10
     partition: str = "dirichlet"
     validation: float = 0.0
+    binarize: float = 0.0
     backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
     settings: dict[str, dict[str, Any]] = parts_field()
 
@@ -71,6 +74,8 @@ class DataConfig:
         require(self.num_clients >= 2, "num_clients", f"must be >= 2 (got {self.num_clients})")
         require(0 <= self.validation < 0.5, "validation",
                 f"must be in [0, 0.5) (got {self.validation}); 0 holds no validation split out")
+        require(0 <= self.binarize < 1, "binarize",
+                f"must be in [0, 1) (got {self.binarize}); 0 keeps the features as they are, 0.5 maps x >= 0.5 to 1")
         for c in self.backdoor.clients:
             if isinstance(c, str):
                 require(c in (*CLIENT_RULES, "forgotten"), "backdoor.clients",
@@ -78,6 +83,15 @@ class DataConfig:
             else:
                 require(0 <= c < self.num_clients, "backdoor.clients",
                         f"client id {c} is not in 0..{self.num_clients - 1}")
+
+
+@dataclass
+class TaskConfig:
+    """What is learnt and scored: ``classification`` (default) or ``generative``; the task's own settings
+    are a table named after it (``[task.generative] cd_k = 1``)."""
+
+    name: str = "classification"
+    settings: dict[str, dict[str, Any]] = parts_field()
 
 
 @dataclass
@@ -270,8 +284,9 @@ class ProbeConfig:
     loss), capped at ``max_rounds`` (censored beyond). Mode ``"alone"`` lets the forgotten clients
     train alone on their forget data and counts local SGD steps at ``alone_lr`` (a whole local run
     relearns a backdoor at once): one Flower round per step (client behaviour ``probe``), capped at
-    ``alone_max_steps``. ``metric = "auto"`` is
-    ``backdoor`` (attack success rate) when the experiment has a backdoor, else ``forget_acc``.
+    ``alone_max_steps``. ``metric = "auto"`` is the task's default: for classification ``backdoor``
+    (attack success rate) when the experiment has a backdoor, else ``forget_acc``; for the
+    generative task ``forget_ll``, the normalised forget log-likelihood.
     """
 
     enabled: bool = True
@@ -283,8 +298,8 @@ class ProbeConfig:
     alone_max_steps: int = 30
 
     def validate(self) -> None:
-        require(self.metric in ("auto", "forget_acc", "forget_loss", "backdoor"), "metric",
-                f"must be auto, forget_acc, forget_loss or backdoor (got {self.metric!r})")
+        require(self.metric in ("auto", "forget_acc", "forget_loss", "backdoor", "forget_ll"), "metric",
+                f"must be auto, forget_acc, forget_loss, backdoor or forget_ll (got {self.metric!r})")
         require(bool(self.modes) and all(m in ("all", "alone") for m in self.modes), "modes",
                 f"must list 'all' and/or 'alone' (got {self.modes})")
         require(self.max_rounds >= 1, "max_rounds", f"must be >= 1 (got {self.max_rounds})")
@@ -295,9 +310,14 @@ class ProbeConfig:
 
 @dataclass
 class ExperimentConfig:
-    """A whole experiment; ``seed`` drives partitions, init, sampling and local training."""
+    """A whole experiment; ``seed`` drives partitions, init, sampling and local training.
+
+    ``sweep`` maps dotted keys to lists of values (``"model.dilution.sparsity" = [0, 0.5]``): the
+    comparison runs once per combination (:mod:`fedunlearn.phases.sweep`).
+    """
 
     seed: int = 0
+    task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -306,8 +326,14 @@ class ExperimentConfig:
     forget: list[ForgetRequest] = field(default_factory=list)
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
+        for key, values in self.sweep.items():
+            require(bool(values), f"sweep.{key}", "lists no value; give at least one, e.g. [0.5, 0.8]")
+            require(key.split(".")[0] not in ("seed", "sweep", "simulation") and key != "data.num_clients",
+                    f"sweep.{key}", "cannot be swept (one federation serves every point); sweep a setting of "
+                    "data, model, train, forgetting, probe or task")
         require(self.seed >= 0, "seed", f"must be >= 0 (got {self.seed}); seeds are non-negative integers")
         require(self.train.min_train_clients <= self.data.num_clients, "train.min_train_clients",
                 f"must be in 0..{self.data.num_clients} (got {self.train.min_train_clients})")
@@ -318,12 +344,6 @@ class ExperimentConfig:
     def has_trigger(self) -> bool:
         """Whether some clients carry a triggered backdoor (so an attack success rate exists)."""
         return bool(self.data.backdoor.clients) and self.data.backdoor.patch_size > 0
-
-    def probe_metric(self) -> str:
-        """The probe's metric with ``auto`` resolved."""
-        if self.probe.metric != "auto":
-            return self.probe.metric
-        return "backdoor" if self.has_trigger() else "forget_acc"
 
     def forget_requests(self) -> list[ForgetRequest]:
         """The requests in round order, ``round = 0`` resolved to the last training round."""

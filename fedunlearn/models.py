@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fedunlearn.config import ModelConfig
+from fedunlearn.rbm import RBMSettings, rbm
 from fedunlearn.registry import Part, Registry, check_tables
 from fedunlearn.settings import ConfigError, require
 
@@ -98,6 +99,7 @@ MODELS.register("mlp", mlp, settings=HiddenWidth)
 MODELS.register("cnn", cnn, settings=HiddenWidth)
 MODELS.register("resnet_gn", resnet_gn)
 MODELS.register("logreg", logreg)
+MODELS.register("rbm", rbm, settings=RBMSettings)
 
 
 def model_part(cfg: ModelConfig) -> Part:

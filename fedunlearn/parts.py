@@ -23,13 +23,16 @@ from fedunlearn.models import model_part
 from fedunlearn.registry import Part
 from fedunlearn.settings import ConfigError, as_dict
 from fedunlearn.strategies import StrategySpec, resolve_strategies
+from fedunlearn.tasks import task_of, task_part
 
 
 def check_parts(cfg: ExperimentConfig) -> list[StrategySpec]:
     """Validate every part the experiment names; returns its strategies, the reference first."""
     data_parts(cfg.data)
     model_part(cfg.model)
-    return resolve_strategies(cfg)
+    specs = resolve_strategies(cfg)
+    task_of(cfg).check(cfg, [(s.label, p.obj) for s in specs for p in s.parts])
+    return specs
 
 
 def _filled(tables: dict[str, dict], parts: list[Part], prefix: str) -> dict[str, dict]:
@@ -47,10 +50,11 @@ def resolved(cfg: ExperimentConfig) -> ExperimentConfig:
 
     This is what a results folder's config.toml holds, so it describes every result in it.
     """
-    d, m, f = cfg.data, cfg.model, cfg.forgetting
+    d, m, f, t = cfg.data, cfg.model, cfg.forgetting, cfg.task
     strategy_parts = list({p.name: p for s in resolve_strategies(cfg) for p in s.parts}.values())
     return dataclasses.replace(
         cfg,
+        task=dataclasses.replace(t, settings=_filled(t.settings, [task_part(t)], "task.")),
         data=dataclasses.replace(d, settings=_filled(d.settings, list(data_parts(d)), "data.")),
         model=dataclasses.replace(m, settings=_filled(m.settings, [model_part(m)], "model.")),
         forgetting=dataclasses.replace(f, settings=_filled(f.settings, strategy_parts, "forgetting.")))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from fedunlearn.config import ExperimentConfig, ForgetRequest, config_to_dict
 from fedunlearn.io import atomic_write_text
 from fedunlearn.settings import ConfigError, as_dict
+from fedunlearn.tasks import probe_metric
 
 if TYPE_CHECKING:
     from fedunlearn.strategies import StrategySpec
@@ -133,7 +134,8 @@ def training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     never depends on how many follow); what depends on the final model adds it back.
     ``simulation`` is out too: it changes where and how fast, not what; except the clients' device
     (a GPU's arithmetic is not the CPU's), which is in when it is not the CPU (so the records of
-    CPU runs stay as they were); ``data.validation`` likewise only when a split is held out.
+    CPU runs stay as they were); ``data.validation``, ``data.binarize`` and the task likewise only
+    when they are not the defaults.
     """
     raw = config_to_dict(cfg)
     train = {k: v for k, v in raw["train"].items() if k != "rounds"}
@@ -141,7 +143,10 @@ def training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     data = _used(raw["data"], [cfg.data.name, cfg.data.partition])
     if not cfg.data.validation:  # no split: the records of runs from before the setting stay as they were
         data.pop("validation", None)
-    return {"seed": cfg.seed, "data": data,
+    if not cfg.data.binarize:
+        data.pop("binarize", None)
+    task = {"task": _used(raw["task"], [cfg.task.name])} if cfg.task.name != "classification" else {}
+    return {"seed": cfg.seed, **task, "data": data,
             "model": _used(raw["model"], [cfg.model.name]), "train": train,
             "store": {"history": cfg.store.history, "dtype": cfg.store.dtype},
             "forget": [request_record(r) for r in cfg.forget], **({"device": device} if device != "cpu" else {})}
@@ -179,7 +184,7 @@ def original_model(training: str, cfg: ExperimentConfig) -> str:
 def probe_settings(cfg: ExperimentConfig, mode: str, model: str, original: str) -> dict[str, Any]:
     """What one model's probe in ``mode`` depends on: the model, the original (its threshold), the
     probe settings that mode reads, and the training recipe (inside the original's fingerprint)."""
-    probe = {"metric": cfg.probe_metric(), "alpha": cfg.probe.alpha,
+    probe = {"metric": probe_metric(cfg), "alpha": cfg.probe.alpha,
              **{k: getattr(cfg.probe, k) for k in PROBE_KEYS[mode]}}
     if mode == "alone":  # a probe simulated on the server (before the alone mode ran as Flower rounds) is not reused
         probe["runs"] = "one Flower round per SGD step"

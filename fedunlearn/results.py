@@ -3,8 +3,9 @@
 Layout::
 
     DIR/config.toml          the resolved experiment config
-    DIR/rounds.csv           round, test_acc, test_loss, forget_acc, backdoor_asr, train_loss, clients,
-                             failures, wall_s (forget_acc on the clients the experiment will forget)
+    DIR/rounds.csv           round, the task's round metrics (classification: test_acc, test_loss,
+                             forget_acc, backdoor_asr; forget_acc on the clients the experiment will
+                             forget), train_loss, clients, failures, wall_s
     DIR/settings.json        what the results depend on, and its fingerprint (fedunlearn.provenance)
     DIR/label_distribution.png  each client's samples per class (the federation before training)
     DIR/failures.log         the tracebacks of failed client replies (only when there were any)
@@ -24,8 +25,7 @@ from fedunlearn.config import ExperimentConfig, config_to_dict, to_toml
 from fedunlearn.io import atomic_savez, atomic_write_text
 from fedunlearn.settings import ConfigError
 
-ROUND_COLUMNS = ["round", "test_acc", "test_loss", "forget_acc", "backdoor_asr", "train_loss", "clients", "failures",
-                 "wall_s"]
+RUN_COLUMNS = ["train_loss", "clients", "failures", "wall_s"]  # after the round and the task's round metrics
 
 
 def csv_text(rows: list[dict], columns: list[str]) -> str:
@@ -67,8 +67,9 @@ class RunDir:
     def write_config(self, cfg: ExperimentConfig) -> None:
         atomic_write_text(self.config, to_toml(config_to_dict(cfg)))
 
-    def write_rounds(self, rows: list[dict]) -> None:
-        atomic_write_text(self.rounds, csv_text(rows, ROUND_COLUMNS))
+    def write_rounds(self, rows: list[dict], metrics: list[str]) -> None:
+        """rounds.csv: the round, the task's round ``metrics`` and the run's own columns."""
+        atomic_write_text(self.rounds, csv_text(rows, ["round", *metrics, *RUN_COLUMNS]))
 
     def snapshot(self, server_round: int) -> Path:
         """Where the model at a forget request's round is kept."""

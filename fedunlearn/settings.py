@@ -85,6 +85,10 @@ def coerce(path: str, value: Any, annotation: Any) -> Any:
                 return [build(item_type, v, f"{path}[{i}].") for i, v in enumerate(value)]
         elif isinstance(value, list):
             return [coerce(f"{path}[{i}]", v, item_type) for i, v in enumerate(value)]
+    elif origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        if isinstance(value, dict):
+            return {coerce(f"{path}.{k}", k, key_type): coerce(f"{path}.{k}", v, value_type) for k, v in value.items()}
     elif dataclasses.is_dataclass(annotation):
         if isinstance(value, dict):
             return build(annotation, value, f"{path}.")

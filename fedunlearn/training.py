@@ -11,6 +11,14 @@ from torch import nn
 
 from fedunlearn.arrays import Weights
 
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""A task's training loss of one batch: (model, inputs, labels) -> a scalar to minimise."""
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The classification task's objective: mean cross-entropy of the model's logits."""
+    return nn.functional.cross_entropy(model(x), y)
+
 
 def get_weights(model: nn.Module) -> Weights:
     """The model's state dict as a list of float32 numpy arrays (state-dict order)."""
@@ -54,12 +62,15 @@ def train_local(
     loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     weight_decay: float = 0.0,
+    objective: Objective = cross_entropy,
 ) -> LocalTrainResult:
     """Mini-batch SGD on (x, y) in place, batches shuffled by a generator seeded with ``seed``.
 
     ``ascent`` maximises the loss instead (gradient ascent). ``after_step`` runs after every
     optimiser step and stops training when it returns True (used by PGA's projection).
-    ``loss_of(logits, batch_indices)`` replaces cross-entropy (TRW's per-sample targets).
+    ``objective`` is the task's batch loss (cross-entropy; the generative task's contrastive
+    divergence); ``loss_of(logits, batch_indices)`` replaces it by a loss of the logits (TRW's
+    per-sample targets).
     ``augment`` maps each input batch before the forward pass (augmentation during unlearning);
     ``weight_decay`` λ makes each step w ← w − η(∇ℓ + λw) (client-side IEU). The data goes to the
     model's device; batches are drawn on the CPU, so the order is the same on any device.
@@ -68,7 +79,6 @@ def train_local(
     xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
     model.train()
     total, steps = 0.0, 0
     for _ in range(epochs):
@@ -76,8 +86,7 @@ def train_local(
             batch = batch.to(device)
             opt.zero_grad(set_to_none=True)
             inputs = xt[batch] if augment is None else augment(xt[batch])
-            logits = model(inputs)
-            loss = loss_fn(logits, yt[batch]) if loss_of is None else loss_of(logits, batch)
+            loss = objective(model, inputs, yt[batch]) if loss_of is None else loss_of(model(inputs), batch)
             (-loss if ascent else loss).backward()
             if clip_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), clip_norm)

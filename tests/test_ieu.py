@@ -167,7 +167,7 @@ class ValScorer:
 
     selection_metric = "val_acc"
 
-    def selection_acc(self, weights):
+    def selection_score(self, weights):
         return float(weights[0])
 
     def test(self, weights):
@@ -242,7 +242,7 @@ def test_scorer_reports_val_acc_and_selects_on_it():
     w = scorer.initial_weights()
     m = scorer.summary_metrics(w)
     assert m["val_acc"] == pytest.approx(scorer.validation(w)[0]) and not np.isnan(m["val_acc"])
-    assert scorer.selection_metric == "val_acc" and scorer.selection_acc(w) == m["val_acc"]
+    assert scorer.selection_metric == "val_acc" and scorer.selection_score(w) == m["val_acc"]
     plain = load_experiment("experiments/backdoor.toml")
     scorer = Scorer(plain, build_federated_data(plain.data, 0))
     assert np.isnan(scorer.summary_metrics(w)["val_acc"]) and scorer.selection_metric == "test_acc"

@@ -37,4 +37,4 @@ def test_cnn_refuses_tabular_inputs():
 
 
 def test_registry_lists_the_built_in_models():
-    assert MODELS.names() == ["cnn", "logreg", "mlp", "resnet_gn"]
+    assert MODELS.names() == ["cnn", "logreg", "mlp", "rbm", "resnet_gn"]

@@ -135,17 +135,18 @@ def server_side_curve(run: Path, request: ForgetRequest, partition_id: int) -> l
     import copy
 
     from fedunlearn.flower.client_app import client_seed
-    from fedunlearn.phases.probe import metric_value, prepare_probe
+    from fedunlearn.phases.probe import prepare_probe
 
     job = prepare_probe(run, request, "forget_loss", "alone", None, [])
     cfg, scorer = job.cfg, job.scorer
     model = copy.deepcopy(scorer.model)
     set_weights(model, job.original)
-    curve = [metric_value(scorer, job.original, "forget_loss")]
+    value = scorer.probe_value("forget_loss", job.original, job.original)
+    curve = [value(job.original)]
     train_local(model, scorer.x_forget, scorer.y_forget, epochs=10**6, batch_size=cfg.train.batch_size,
                 lr=cfg.probe.alone_lr, momentum=cfg.train.momentum,
                 seed=client_seed(cfg.seed, PROBE_CLOCK + 1, partition_id),
-                after_step=lambda m: curve.append(metric_value(scorer, get_weights(m), "forget_loss")) and False,
+                after_step=lambda m: curve.append(value(get_weights(m))) and False,
                 max_steps=cfg.probe.alone_max_steps)
     return curve
 

@@ -14,7 +14,7 @@ from fedunlearn.io import atomic_write_text
 from fedunlearn.phases.compare import probe_columns, write_summary
 from fedunlearn.phases.probe import write_probes
 from fedunlearn.report.plots import curve_label
-from fedunlearn.results import ROUND_COLUMNS, csv_text, read_csv
+from fedunlearn.results import RUN_COLUMNS, csv_text, read_csv
 
 NAMES = ["retrain", "natural", "puf"]
 
@@ -28,7 +28,7 @@ def write_results(out: Path, names: list[str] = NAMES, seeds: tuple[int, ...] = 
         train = [{"round": r, "test_acc": 0.1 + 0.08 * r, "test_loss": 1 / r, "forget_acc": 0.5 + 0.04 * r,
                   "backdoor_asr": 0.09 * r, "train_loss": 1 / r, "clients": 4, "failures": 0, "wall_s": r}
                  for r in range(1, 11)]
-        atomic_write_text(seed_dir / "train" / "rounds.csv", csv_text(train, ROUND_COLUMNS))
+        atomic_write_text(seed_dir / "train" / "rounds.csv", csv_text(train, ["round", "test_acc", "test_loss", "forget_acc", "backdoor_asr", *RUN_COLUMNS]))
         curves = {"original": [0.9, 0.95, 0.97, 0.99], retrain: [0.0, 0.1, 0.2, 0.3],
                   natural: [0.8, 0.9, 0.95, 0.97], puf: [0.1, 0.4 + 0.1 * seed, 0.88, 0.95]}
         probes = {"all": {n: ProbeResult("backdoor", "rounds", c, 0.855) for n, c in curves.items()}}

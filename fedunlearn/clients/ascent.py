@@ -53,6 +53,6 @@ def ascent_behaviour(model: nn.Module, data: ClientData, request: ClientRequest)
     res = train_local(model, data.x_train, data.y_train, epochs=int(c["pga-epochs"]), batch_size=int(c["batch-size"]),
                       lr=float(c["pga-lr"]), momentum=float(c["pga-momentum"]), seed=request.seed, ascent=True,
                       clip_norm=float(c["pga-clip"]), after_step=after_step,
-                      augment=batch_augmenter(c, request.seed))
+                      augment=batch_augmenter(c, request.seed), objective=request.objective)
     steps_per_epoch = -(-data.num_examples // int(c["batch-size"]))
     return LocalRun(res.loss, res.steps / steps_per_epoch)

@@ -70,7 +70,7 @@ def probe_behaviour(model: nn.Module, data: ClientData, request: ClientRequest) 
     batch = step_batch(len(yt), batch_size, int(c["probe-seed"]), step).to(device)
     model.train()
     opt.zero_grad(set_to_none=True)
-    loss = nn.CrossEntropyLoss()(model(xt[batch]), yt[batch])
+    loss = request.objective(model, xt[batch], yt[batch])
     loss.backward()
     opt.step()
 

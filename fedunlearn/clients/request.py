@@ -8,12 +8,15 @@ from typing import Any
 
 import numpy as np
 
+from fedunlearn.training import Objective, cross_entropy
+
 
 @dataclass
 class ClientRequest:
     """The round's config, this client's seed, and any extra arrays the server sent by name.
 
-    ``state`` is the node's Flower ``Context.state`` (a RecordDict, kept per node across the
+    ``objective`` is the task's batch loss for this run (cross-entropy for classification; the
+    generative task's contrastive divergence, seeded from the round). ``state`` is the node's Flower ``Context.state`` (a RecordDict, kept per node across the
     messages of a run): what a behaviour must carry from one round to the next (the probe's
     momentum). Values put there must be Flower records.
     """
@@ -22,6 +25,7 @@ class ClientRequest:
     seed: int
     extra: dict[str, list[np.ndarray]] = field(default_factory=dict)
     state: MutableMapping[str, Any] = field(default_factory=dict)
+    objective: Objective = cross_entropy
 
 
 @dataclass

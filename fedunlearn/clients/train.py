@@ -21,7 +21,7 @@ from fedunlearn.clients.request import ClientRequest, LocalRun
 from fedunlearn.data import ClientData
 from fedunlearn.training import train_local
 
-AUGMENT_STREAM, NOISE_STREAM = 1, 2  # a client's random streams besides its batch order
+AUGMENT_STREAM, NOISE_STREAM, OBJECTIVE_STREAM = 1, 2, 3  # a client's random streams besides its batch order
 
 
 def stream_seed(seed: int, stream: int) -> int:
@@ -58,5 +58,6 @@ def train_behaviour(model: nn.Module, data: ClientData, request: ClientRequest) 
     res = train_local(model, data.x_train, data.y_train, epochs=epochs, batch_size=int(c["batch-size"]),
                       lr=float(c["lr"]), momentum=float(c["momentum"]), seed=request.seed,
                       augment=batch_augmenter(c, request.seed), weight_decay=float(c.get("ieu-decay", 0.0)),
-                      after_step=weight_noise(noise, request.seed) if noise > 0 else None)
+                      after_step=weight_noise(noise, request.seed) if noise > 0 else None,
+                      objective=request.objective)
     return LocalRun(res.loss, epochs)

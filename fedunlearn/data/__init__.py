@@ -9,6 +9,7 @@ import path ``module:attr`` instead of a registered name.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections import OrderedDict
@@ -175,8 +176,17 @@ def partition(cfg: DataConfig, seed: int) -> tuple[Dataset, list[np.ndarray]]:
 
 
 def _load(source: Part, cfg: DataConfig, seed: int) -> Dataset:
-    return _loaded(json.dumps({"name": cfg.name, "settings": cfg.settings.get(source.name, {}), "seed": seed},
-                              sort_keys=True))
+    ds = _loaded(json.dumps({"name": cfg.name, "settings": cfg.settings.get(source.name, {}), "seed": seed},
+                            sort_keys=True))
+    return binarized(ds, cfg.binarize) if cfg.binarize > 0 else ds
+
+
+def binarized(ds: Dataset, threshold: float) -> Dataset:
+    """``ds`` with every feature set to 1.0 where it is >= ``threshold`` and 0.0 elsewhere (``data.binarize``)."""
+    def cut(x: np.ndarray) -> np.ndarray:
+        return (x >= threshold).astype(np.float32)
+
+    return dataclasses.replace(ds, x_train=cut(ds.x_train), x_test=cut(ds.x_test))
 
 
 @functools.lru_cache(maxsize=2)

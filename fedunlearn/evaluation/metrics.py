@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,6 @@ from fedunlearn.evaluation.mia import (
     true_class_confidence,
     yeom_member_rate,
 )
-from fedunlearn.evaluation.scorer import Scorer
 
 
 @dataclass
@@ -38,11 +38,11 @@ class ModelView:
     forget_test: torch.Tensor
     kept: torch.Tensor
     attack: torch.Tensor | None
-    scorer: Scorer
+    scorer: Any  # the classification Scorer (it evaluates through this module, so it is not imported here)
     val: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, scorer: Scorer, weights: Weights) -> ModelView:
+    def of(cls, scorer: Any, weights: Weights) -> ModelView:
         d, s = scorer.data, scorer
         attack = s.logits(weights, d.x_attack) if d.x_attack is not None else None
         return cls(weights, s.logits(weights, s.x_test), s.logits(weights, s.x_retain), s.logits(weights, s.x_forget),
@@ -127,11 +127,15 @@ def backdoor_asr(m: ModelView, r: ModelView) -> float:
     return float("nan") if m.attack is None else _acc(m.attack, m.scorer.data.y_attack)
 
 
+def relative_distance(weights: Weights, reference: Weights, n: int) -> float:
+    """‖w − w_ref‖ / ‖w_ref‖ over the first ``n`` arrays (the network's; an output filter is not a parameter)."""
+    diff = np.sqrt(sum(np.sum((a.astype(np.float64) - b) ** 2) for a, b in zip(weights[:n], reference[:n], strict=True)))
+    return float(diff / np.sqrt(sum(np.sum(b.astype(np.float64) ** 2) for b in reference[:n])))
+
+
 def weight_dist_to_retrain(m: ModelView, r: ModelView) -> float:
     """‖w − w_retrain‖ / ‖w_retrain‖ over the network's parameters (an output filter is not a parameter)."""
-    n = m.scorer.num_arrays
-    diff = np.sqrt(sum(np.sum((a.astype(np.float64) - b) ** 2) for a, b in zip(m.weights[:n], r.weights[:n], strict=True)))
-    return float(diff / np.sqrt(sum(np.sum(b.astype(np.float64) ** 2) for b in r.weights[:n])))
+    return relative_distance(m.weights, r.weights, m.scorer.num_arrays)
 
 
 def pred_kl_to_retrain(m: ModelView, r: ModelView) -> float:
@@ -158,7 +162,7 @@ METRICS: dict[str, Callable[[ModelView, ModelView], float]] = {
 }
 
 
-def evaluate_all(scorer: Scorer, weights: Weights, retrain: ModelView) -> dict[str, float]:
+def evaluate_all(scorer: Any, weights: Weights, retrain: ModelView) -> dict[str, float]:
     """Every registered metric of ``weights`` (against the retrained model's view)."""
     view = ModelView.of(scorer, weights)
     return {name: fn(view, retrain) for name, fn in METRICS.items()}

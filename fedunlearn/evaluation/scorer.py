@@ -19,7 +19,9 @@ The sets, for resolved requests (docs/methods.md, "Granularity" and "Metrics"):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,9 +33,11 @@ from fedunlearn.class_unlearning import (
     filtered_logits,
     split_filter,
 )
-from fedunlearn.config import ExperimentConfig, ForgetRequest
+from fedunlearn.config import ConfigError, ExperimentConfig, ForgetRequest
 from fedunlearn.data import FederatedData
 from fedunlearn.data.forget_sets import ForgetSets
+from fedunlearn.evaluation.metrics import ModelView, evaluate_all
+from fedunlearn.evaluation.probe import reaches, threshold
 from fedunlearn.models import build_model
 from fedunlearn.training import get_weights, predict_logits, set_weights
 
@@ -44,8 +48,8 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray]], like: FederatedData) -> 
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
 
 
-class Scorer:
-    """Accuracy and loss of models on the federation's evaluation sets (one network, built once).
+class EvaluationSets:
+    """The sets every task scores on, the experiment's model (built once) and its seeded initial weights.
 
     Parameters
     ----------
@@ -53,16 +57,19 @@ class Scorer:
         The experiment and its federated data.
     requests
         The forget requests, resolved (client ids, not rules); none: only the test set is scored.
+    calibration
+        Whether class requests split the test set in halves (the first calibrates class similarity).
     """
 
-    def __init__(self, cfg: ExperimentConfig, data: FederatedData, requests: Sequence[ForgetRequest] = ()) -> None:
+    def __init__(self, cfg: ExperimentConfig, data: FederatedData, requests: Sequence[ForgetRequest] = (),
+                 calibration: bool = True) -> None:
         self.cfg, self.data = cfg, data
         self.model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
         self._initial = get_weights(self.model)  # the model is reused for evaluation: keep its init now
         self.num_arrays = len(self._initial)
         self.requests = list(requests)
         self.forget_classes = sorted({c for r in self.requests for c in r.classes})
-        calib, scored = (calibration_split(len(data.y_test)) if self.forget_classes
+        calib, scored = (calibration_split(len(data.y_test)) if self.forget_classes and calibration
                          else (np.arange(0), np.arange(len(data.y_test))))
         self.x_calib, self.y_calib = data.x_test[calib], data.y_test[calib]
         in_forget = np.isin(data.y_test[scored], self.forget_classes)
@@ -83,7 +90,6 @@ class Scorer:
         self.x_forget, self.y_forget = _concat(forget, data)
         self.x_retain, self.y_retain = _concat(retain, data)
         self.x_kept, self.y_kept = _concat(kept, data)
-        self.similarity: np.ndarray | None = None
 
     @property
     def forgotten(self) -> bool:
@@ -93,6 +99,35 @@ class Scorer:
     def initial_weights(self) -> Weights:
         """The seeded initial weights of the experiment's model (the training run's w_0)."""
         return [w.copy() for w in self._initial]
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the experiment holds a validation split out (``data.validation`` > 0)."""
+        return len(self.y_val) > 0
+
+    def write_artifacts(self, models: dict[str, Weights], out: Path) -> None:
+        """Write what the task draws of the compared models into the seed folder ``out`` (nothing by default)."""
+
+    def round_line(self, metrics: dict[str, float]) -> str:
+        """The per-round metrics as one console line (NaN ones left out)."""
+        return "  ".join(f"{k}={metrics[k]:.4f}" for k in self.round_columns if not math.isnan(metrics[k]))
+
+
+class Scorer(EvaluationSets):
+    """The classification task's scorer: accuracy, loss and the unlearning metrics of models on the sets.
+
+    Parameters
+    ----------
+    cfg, data, requests
+        As for :class:`EvaluationSets`.
+    """
+
+    round_columns = ["test_acc", "test_loss", "forget_acc", "backdoor_asr"]
+    probe_metrics = ("forget_acc", "forget_loss", "backdoor")
+
+    def __init__(self, cfg: ExperimentConfig, data: FederatedData, requests: Sequence[ForgetRequest] = ()) -> None:
+        super().__init__(cfg, data, requests)
+        self.similarity: np.ndarray | None = None
 
     def logits(self, weights: Weights, x: np.ndarray) -> torch.Tensor:
         """The model's logits on ``x`` (log of the filtered probabilities when it carries an output filter)."""
@@ -127,11 +162,6 @@ class Scorer:
     def forget(self, weights: Weights) -> tuple[float, float]:
         return self.on(weights, self.x_forget, self.y_forget)
 
-    @property
-    def has_validation(self) -> bool:
-        """Whether the experiment holds a validation split out (``data.validation`` > 0)."""
-        return len(self.y_val) > 0
-
     def validation(self, weights: Weights) -> tuple[float, float]:
         """On the validation split (NaN without one)."""
         return self.on(weights, self.x_val, self.y_val)
@@ -142,8 +172,8 @@ class Scorer:
         validation split exists, else ``test_acc`` (docs/methods.md, "Evaluation")."""
         return "val_acc" if self.has_validation else "test_acc"
 
-    def selection_acc(self, weights: Weights) -> float:
-        """The :attr:`selection_metric` of ``weights``."""
+    def selection_score(self, weights: Weights) -> float:
+        """The :attr:`selection_metric` of ``weights`` (higher is better)."""
         return (self.validation if self.has_validation else self.test)(weights)[0]
 
     def backdoor_asr(self, weights: Weights) -> float:
@@ -168,3 +198,44 @@ class Scorer:
         out["kept_acc"] = self.on(weights, self.x_kept, self.y_kept)[0]
         out["val_acc"] = self.validation(weights)[0]
         return out
+
+    def evaluate(self, weights: Weights, reference: Weights) -> dict[str, float]:
+        """Every metric of :data:`~fedunlearn.evaluation.metrics.METRICS` (against the reference model)."""
+        return evaluate_all(self, weights, ModelView.of(self, reference))
+
+    def probe_value(self, metric: str, original: Weights, reference: Weights) -> Callable[[Weights], float]:
+        """The probe's forget metric of a model: ``backdoor`` ASR, ``forget_loss`` or ``forget_acc``."""
+        if metric == "backdoor":
+            return self.backdoor_asr
+        return (lambda w: self.forget(w)[1]) if metric == "forget_loss" else (lambda w: self.forget(w)[0])
+
+    def check_original(self, original: dict[str, float]) -> None:
+        """Refuse to compare strategies on a model that holds nothing to forget (any request kind)."""
+        cfg, f = self.cfg, self.cfg.forgetting
+        if original["test_acc"] < f.min_original_test_acc:
+            raise ConfigError(f"forgetting.min_original_test_acc: the original model reached test accuracy "
+                              f"{original['test_acc']:.3f} < {f.min_original_test_acc} (seed {cfg.seed}), so it never "
+                              "converged; train longer (train.rounds, train.lr) before comparing strategies")
+        if original["forget_acc"] < f.min_original_forget_acc:
+            what = "; ".join(r.describe() for r in cfg.forget_requests())
+            raise ConfigError(f"forgetting.min_original_forget_acc: the original model's accuracy on the data to "
+                              f"forget ({what}) is {original['forget_acc']:.3f} < {f.min_original_forget_acc} (seed "
+                              f"{cfg.seed}): it never learnt what must be forgotten, so no strategy can be told apart; "
+                              "train longer or forget data the model learnt")
+        asr = original["backdoor_asr"]
+        if asr == asr and asr < f.min_original_backdoor_asr:
+            raise ConfigError(f"forgetting.min_original_backdoor_asr: the original model's backdoor attack success "
+                              f"rate is {asr:.3f} < {f.min_original_backdoor_asr} (seed {cfg.seed}): it never learnt "
+                              "the backdoor, so no strategy can be told apart; strengthen it (data.backdoor.fraction, "
+                              "patch_size, data.partition) before comparing")
+
+    def check_separation(self, metric: str, original: Weights, reference: Weights) -> None:
+        """Refuse a comparison whose reference already scores like the original on the forget set."""
+        value = self.probe_value(metric, original, reference)
+        value_o, value_r = value(original), value(reference)
+        if reaches(metric, value_r, threshold(metric, value_o, self.cfg.probe.alpha)):
+            raise ConfigError(f"forgetting.check_separation: on the forgotten clients the retrained model scores "
+                              f"{metric} = {value_r:.4f}, as the original does ({value_o:.4f}) within probe.alpha: "
+                              "there is nothing measurable to forget, so strategies cannot be told apart; forget a "
+                              "client whose data the others do not explain (a backdoor, mislabelled data) or use "
+                              "probe.metric = forget_loss")

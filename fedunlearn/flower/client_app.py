@@ -23,11 +23,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedunlearn.clients import BEHAVIOURS, ClientRequest
-from fedunlearn.config import DataConfig, ModelConfig
+from fedunlearn.clients.train import OBJECTIVE_STREAM, stream_seed
+from fedunlearn.config import DataConfig, ModelConfig, TaskConfig
 from fedunlearn.data import ClientData, federated_data
 from fedunlearn.data.forget_sets import kept_indices, requests_from_json
 from fedunlearn.models import build_model
 from fedunlearn.settings import build
+from fedunlearn.tasks import build_task
 from fedunlearn.training import batch_gradient_stats, get_weights, set_weights
 
 app = ClientApp()
@@ -45,7 +47,8 @@ def _federation(spec: str):
     raw = json.loads(spec)
     data_cfg, model_cfg = build(DataConfig, raw["data"], "data."), build(ModelConfig, raw["model"], "model.")
     data = federated_data(data_cfg, raw["seed"])
-    return data, build_model(model_cfg, data.input_shape, data.num_classes, raw["seed"])
+    task = build_task(build(TaskConfig, raw["task"], "task."))
+    return data, build_model(model_cfg, data.input_shape, data.num_classes, raw["seed"]), task
 
 
 def _partition_id(context: Context) -> int:
@@ -88,12 +91,12 @@ def _handler(behaviour_name: str):
         config = dict(msg.content["config"])
         pid = _partition_id(context)
         spec = str(config["federation"])
-        _, model = _federation(spec)
+        _, model, task = _federation(spec)
         model.to(_device(str(config.get("device", "cpu"))))
         set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
         extra = {k: r.to_numpy_ndarrays() for k, r in msg.content.array_records.items() if k != "arrays"}
-        request = ClientRequest(config, client_seed(int(config["seed"]), int(config["server-round"]), pid), extra,
-                                context.state)
+        seed = client_seed(int(config["seed"]), int(config["server-round"]), pid)
+        request = ClientRequest(config, seed, extra, context.state, task.objective(stream_seed(seed, OBJECTIVE_STREAM)))
         mine = _local_data(spec, pid, int(config["seed"]), str(config.get("exclude", "")),
                            str(config.get("only", "")))
         # feasible-update masking asks for gradient statistics at the received weights (docs/methods.md)

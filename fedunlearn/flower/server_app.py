@@ -14,12 +14,12 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedunlearn.data import federated_data
-from fedunlearn.evaluation import Scorer
 from fedunlearn.flower.runtime import Federation, quiet_environment
 from fedunlearn.parts import for_seed, load_experiment
 from fedunlearn.phases.compare import compare
 from fedunlearn.phases.train import train_phase
 from fedunlearn.report import draw_all, write_report
+from fedunlearn.tasks import task_of
 
 app = ServerApp()
 PROJECT = Path(__file__).resolve().parents[2]
@@ -43,5 +43,5 @@ def main(grid: Grid, context: Context) -> None:
         write_report(out, draw_all(out))
     else:
         cfg = for_seed(cfg)
-        scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forget_requests())
+        scorer = task_of(cfg).scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forget_requests())
         train_phase(fed, cfg, out, scorer)

@@ -30,14 +30,12 @@ from pathlib import Path
 
 from fedunlearn.config import ConfigError, ExperimentConfig, config_to_dict, to_toml
 from fedunlearn.data import federated_data
-from fedunlearn.evaluation import Scorer
-from fedunlearn.evaluation.metrics import METRICS, ModelView, evaluate_all
-from fedunlearn.evaluation.probe import ProbeResult, delay_ratio, reaches, threshold
+from fedunlearn.evaluation.probe import ProbeResult, delay_ratio
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
 from fedunlearn.parts import check_parts, for_seed
 from fedunlearn.phases.forget import load_snapshot, run_strategy
-from fedunlearn.phases.probe import ProbeCache, metric_value, probe_models, write_probes
+from fedunlearn.phases.probe import ProbeCache, probe_models, write_probes
 from fedunlearn.phases.train import train_phase
 from fedunlearn.provenance import (
     Piece,
@@ -54,8 +52,8 @@ from fedunlearn.strategies.influence import (
     estimate_settings,
     retrain_estimate,
 )
+from fedunlearn.tasks import METRIC_COLUMNS, probe_metric, task_of
 
-METRIC_COLUMNS = list(METRICS)
 SUMMARY_COLUMNS = ["strategy", "spec", "seed", "forgotten", "from_scratch", *METRIC_COLUMNS, "recovery_rounds",
                    "recovery_censored", "relearn_delay", "relearn_censored", "relearn_ratio_to_retrain", "relearn_auc", "relearn_unit",
                    "rounds", "client_epochs", "bytes_exchanged", "wall_s", "notes"]
@@ -90,10 +88,13 @@ def with_gaps(rows: list[dict]) -> list[dict]:
 
 
 def summary_columns(rows: list[dict]) -> list[str]:
-    """SUMMARY_COLUMNS, the extra probe modes' columns, the influence estimate's when a row has them, the gaps."""
+    """SUMMARY_COLUMNS (metric columns only of the rows' task), the extra probe modes' columns, the
+    influence estimate's when a row has them, the gaps."""
+    present = {k for r in rows for k in r}
+    base = [c for c in SUMMARY_COLUMNS if c not in METRIC_COLUMNS or c in present]
     extra = sorted({k for r in rows for k in r if k.startswith("relearn_") and k not in SUMMARY_COLUMNS})
     estimate = [c for c in ESTIMATE_COLUMNS if any(c in r for r in rows)]
-    return SUMMARY_COLUMNS + extra + estimate + gap_columns(SUMMARY_COLUMNS)
+    return base + extra + estimate + gap_columns(base)
 
 
 def write_summary(out: Path, rows: list[dict]) -> None:
@@ -134,41 +135,6 @@ def json_value(value):
     if isinstance(value, float) and math.isnan(value):  # NaN is not JSON
         return None
     return None if value == "" else value
-
-
-def check_original(cfg: ExperimentConfig, original: dict) -> None:
-    """Refuse to compare strategies on a model that holds nothing to forget (any request kind)."""
-    f = cfg.forgetting
-    if original["test_acc"] < f.min_original_test_acc:
-        raise ConfigError(f"forgetting.min_original_test_acc: the original model reached test accuracy "
-                          f"{original['test_acc']:.3f} < {f.min_original_test_acc} (seed {cfg.seed}), so it never "
-                          "converged; train longer (train.rounds, train.lr) before comparing strategies")
-    if original["forget_acc"] < f.min_original_forget_acc:
-        what = "; ".join(r.describe() for r in cfg.forget_requests())
-        raise ConfigError(f"forgetting.min_original_forget_acc: the original model's accuracy on the data to forget "
-                          f"({what}) is {original['forget_acc']:.3f} < {f.min_original_forget_acc} (seed {cfg.seed}): "
-                          "it never learnt what must be forgotten, so no strategy can be told apart; train longer or "
-                          "forget data the model learnt")
-    asr = original["backdoor_asr"]
-    if asr == asr and asr < f.min_original_backdoor_asr:
-        raise ConfigError(f"forgetting.min_original_backdoor_asr: the original model's backdoor attack success rate is "
-                          f"{asr:.3f} < {f.min_original_backdoor_asr} (seed {cfg.seed}): it never learnt the backdoor, "
-                          "so no strategy can be told apart; strengthen it (data.backdoor.fraction, patch_size, "
-                          "data.partition) before comparing")
-
-
-def check_separation(cfg: ExperimentConfig, scorer: Scorer, original: list, retrain: list) -> None:
-    """Refuse a comparison whose retrained model already scores like the original on the forget set."""
-    if not cfg.forgetting.check_separation:
-        return
-    metric = cfg.probe_metric()
-    value_o, value_r = metric_value(scorer, original, metric), metric_value(scorer, retrain, metric)
-    if reaches(metric, value_r, threshold(metric, value_o, cfg.probe.alpha)):
-        raise ConfigError(f"forgetting.check_separation: on the forgotten clients the retrained model scores "
-                          f"{metric} = {value_r:.4f}, as the original does ({value_o:.4f}) within probe.alpha: there "
-                          "is nothing measurable to forget, so strategies cannot be told apart; forget a client whose "
-                          "data the others do not explain (a backdoor, mislabelled data) or use probe.metric = "
-                          "forget_loss")
 
 
 def probe_columns(results: dict[str, dict[str, ProbeResult]], name: str, reference: str) -> dict:
@@ -229,11 +195,11 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpe
     """
     seed_dir = out / f"seed-{cfg.seed}"
     pieces = SeedPieces.of(cfg, specs, seed_dir)
-    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forget_requests())
+    scorer = task_of(cfg).scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forget_requests())
     log(f"[seed {cfg.seed}] training {cfg.train.rounds} rounds")
     trained = train_phase(fed, cfg, pieces.train.path, scorer, resume=True, log=log)
     original = scorer.summary_metrics(trained.weights)
-    check_original(cfg, original)
+    scorer.check_original(original)
     scorer.calibrate(trained.weights)  # class similarity under the original (MIA-NN)
     snapshot = load_snapshot(cfg, pieces.train.path, cfg.forget_requests()[0].round, scorer.initial_weights())
     seed_rows = [{"strategy": "original", "seed": cfg.seed, "from_scratch": False, **original}]
@@ -254,7 +220,8 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpe
         metrics = scorer.summary_metrics(weights)
         if spec is reference:  # the recovery target: validation accuracy when there is a split
             target = metrics[scorer.selection_metric]
-            check_separation(cfg, scorer, trained.weights, weights)
+            if cfg.forgetting.check_separation:
+                scorer.check_separation(probe_metric(cfg), trained.weights, weights)
         seed_rows.append({**row, "seed": cfg.seed, **metrics})
         write_summary(out, rows + seed_rows)
     estimate = estimate_settings(specs)
@@ -266,12 +233,13 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpe
     elif estimate is not None:
         log(f"[seed {cfg.seed}] influence estimate skipped: it needs exactly one forget request, at the last "
             "training round")
-    reference_view = ModelView.of(scorer, models[reference.label])
     for r in seed_rows:
-        r.update(evaluate_all(scorer, models[r["strategy"]], reference_view))
+        r.update(scorer.evaluate(models[r["strategy"]], models[reference.label]))
+    scorer.write_artifacts(models, seed_dir)
     if cfg.probe.enabled:
-        log(f"[seed {cfg.seed}] relearning-delay probe ({cfg.probe_metric()}, modes {cfg.probe.modes})")
-        results = probe_models(fed, cfg, scorer, trained.weights, models, log=log, cache=ProbeCache(pieces.probes))
+        log(f"[seed {cfg.seed}] relearning-delay probe ({probe_metric(cfg)}, modes {cfg.probe.modes})")
+        results = probe_models(fed, cfg, scorer, trained.weights, models, log=log, cache=ProbeCache(pieces.probes),
+                               reference=models[reference.label])
         write_probes(seed_dir, results)
         for r in seed_rows:
             r.update(probe_columns(results, r["strategy"], reference.label))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from fedunlearn.results import RunDir, csv_text
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import StrategySpec, UnlearningContext, UnlearningError
 
-TRAJECTORY_COLUMNS = ["strategy", "round", "phase", "test_acc", "forget_acc", "backdoor_asr"]
+TRAJECTORY_COLUMNS = ["strategy", "round", "phase"]  # then the task's round metrics
 
 
 @dataclass
@@ -142,10 +141,8 @@ class Timeline:
         cost.bytes_exchanged += rep.bytes_exchanged
         m = self.scorer.round_metrics(new)
         self.outcome.trajectory.append({"strategy": self.spec.label, "round": rnd, "phase": phase,
-                                        **{k: m[k] for k in TRAJECTORY_COLUMNS[3:]}})
-        self.log(f"  {self.spec.label} round {rnd} [{phase}] test_acc={m['test_acc']:.4f} "
-                 f"forget_acc={m['forget_acc']:.4f}"
-                 + ("" if math.isnan(m["backdoor_asr"]) else f" backdoor_asr={m['backdoor_asr']:.3f}"))
+                                        **{k: m[k] for k in self.scorer.round_columns}})
+        self.log(f"  {self.spec.label} round {rnd} [{phase}] {self.scorer.round_line(m)}")
         return new
 
     def check_finite(self, weights: Weights, where: str) -> None:
@@ -185,7 +182,7 @@ class Timeline:
         forced = self.unlearner.min_recovery_rounds
 
         def reached(w: Weights) -> bool:
-            return until and self.scorer.selection_acc(w) >= target
+            return until and self.scorer.selection_score(w) >= target
 
         done = 0
         while done < f.recovery_rounds and (done < forced or not reached(weights)):
@@ -230,7 +227,8 @@ def run_strategy(fed: Federation, cfg: ExperimentConfig, spec: StrategySpec, sna
 
 def write_outcome(run: RunDir, outcome: StrategyOutcome) -> None:
     """Trajectory, final model and result of one strategy, each written atomically."""
-    atomic_write_text(run.path / "trajectory.csv", csv_text(outcome.trajectory, TRAJECTORY_COLUMNS))
+    columns = list(outcome.trajectory[0]) if outcome.trajectory else TRAJECTORY_COLUMNS
+    atomic_write_text(run.path / "trajectory.csv", csv_text(outcome.trajectory, columns))
     run.save_checkpoint(outcome.weights, outcome.trajectory[-1]["round"] if outcome.trajectory else 0)
     atomic_write_text(run.path / "result.json", json.dumps(outcome.row(), indent=1))
 

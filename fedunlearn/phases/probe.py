@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,25 +46,23 @@ from fedunlearn.results import RunDir, csv_text
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import RecordingFedAvg
 from fedunlearn.strategies.fedavg import FORGET, local_recipe
+from fedunlearn.tasks import probe_metric, task_of
 
 PROBE_CLOCK = 100_000  # probe rounds are numbered from here, apart from every training round
 PROBE_COLUMNS = ["model", "step", "value", "threshold", "unit", "metric"]
 
 
-def metric_value(scorer: Scorer, weights: Weights, metric: str) -> float:
-    if metric == "backdoor":
-        return scorer.backdoor_asr(weights)
-    acc, loss = scorer.forget(weights)
-    return loss if metric == "forget_loss" else acc
+ProbeValue = Callable[[Weights], float]
 
 
-def probe_all(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: Weights, tau: float) -> ProbeResult:
+def probe_all(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: Weights, value: ProbeValue,
+              tau: float) -> ProbeResult:
     """FedAvg over every client for ``probe.max_rounds`` rounds (:func:`relearning_probe`, as any ServerApp)."""
-    metric = cfg.probe_metric()
+    metric = probe_metric(cfg)
     strategy = RecordingFedAvg.from_config(cfg, PseudoGradientStore(), fed.node_of, range(cfg.data.num_clients),
                                            round_offset=PROBE_CLOCK)
     return relearning_probe(fed.watched("probe"), strategy, ArrayRecord(weights),
-                            lambda arrays: metric_value(scorer, arrays.to_numpy_ndarrays(), metric),
+                            lambda arrays: value(arrays.to_numpy_ndarrays()),
                             metric=metric, tau=tau, max_rounds=cfg.probe.max_rounds, timeout=fed.timeout)
 
 
@@ -95,9 +93,10 @@ class ProbeAloneRound(RecordingFedAvg):
         return config
 
 
-def probe_alone(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: Weights, tau: float) -> ProbeResult:
+def probe_alone(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: Weights, value: ProbeValue,
+                tau: float) -> ProbeResult:
     """The forgotten clients alone, one Flower round per SGD step, for ``probe.alone_max_steps`` steps."""
-    metric = cfg.probe_metric()
+    metric = probe_metric(cfg)
     holders = sorted({c for h in ForgetSets.of(scorer.data, scorer.requests, cfg.seed).holders for c in h})
     steps = cfg.probe.alone_max_steps
     strategy = ProbeAloneRound(PseudoGradientStore(), node_of=fed.node_of, participants=holders, seed=cfg.seed,
@@ -105,7 +104,7 @@ def probe_alone(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights:
                                holders=holders, requests=scorer.requests, lr=cfg.probe.alone_lr, steps=steps,
                                probe_id=uuid.uuid4().hex)
     return relearning_probe(fed.watched("probe"), strategy, ArrayRecord(weights),
-                            lambda arrays: metric_value(scorer, arrays.to_numpy_ndarrays(), metric),
+                            lambda arrays: value(arrays.to_numpy_ndarrays()),
                             metric=metric, tau=tau, max_rounds=steps, timeout=fed.timeout, unit="steps")
 
 
@@ -128,16 +127,20 @@ class ProbeCache:
 
 
 def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, original: Weights,
-                 models: dict[str, Weights], log=print, cache: ProbeCache | None = None
-                 ) -> dict[str, dict[str, ProbeResult]]:
+                 models: dict[str, Weights], log=print, cache: ProbeCache | None = None,
+                 reference: Weights | None = None) -> dict[str, dict[str, ProbeResult]]:
     """Probe every model in every configured mode: {mode: {name: result}}; ``cache`` keeps finished ones.
+
+    ``reference`` is the retrained model a task's forget metric may be normalised by (the
+    generative task's forget likelihood); the classification task's metrics do not read it.
 
     A model with a server-side output filter is probed as its network: relearning trains the
     network, and the filter would hide the forget classes however much of them came back.
     """
-    metric = cfg.probe_metric()
+    metric = probe_metric(cfg)
     models = {name: split_filter(w, scorer.num_arrays)[0] for name, w in models.items()}
-    tau = threshold(metric, metric_value(scorer, original, metric), cfg.probe.alpha)
+    value = scorer.probe_value(metric, original, original if reference is None else reference)
+    tau = threshold(metric, value(original), cfg.probe.alpha)
     results: dict[str, dict[str, ProbeResult]] = {}
     for mode in cfg.probe.modes:
         results[mode] = {}
@@ -147,7 +150,7 @@ def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, origina
                 results[mode][name] = res
                 log(f"  probe [{mode}] {name}: already done with these settings, reusing it")
                 continue
-            res = (probe_all if mode == "all" else probe_alone)(fed, cfg, scorer, weights, tau)
+            res = (probe_all if mode == "all" else probe_alone)(fed, cfg, scorer, weights, value, tau)
             results[mode][name] = res
             if cache:
                 cache.put(mode, name, res, log)
@@ -198,4 +201,7 @@ def prepare_probe(run_dir: str | Path, request: ForgetRequest, metric: str, mode
             raise ConfigError(f"--model: {path} holds no checkpoint/global.npz; pass a strategy folder "
                               "(e.g. RUN/forget-puf/strategies/puf) or a training run")
         models[Path(path).name], _ = model.load_checkpoint()
-    return ProbeJob(cfg, Scorer(cfg, federated_data(cfg.data, cfg.seed), [request]), original, models)
+    if not task_of(cfg).classifier:
+        raise ConfigError(f"fedunlearn probe: the {cfg.task.name} task's probe metric is normalised by the retrained "
+                          "model; probe it inside a comparison (fedunlearn run)")
+    return ProbeJob(cfg, task_of(cfg).scorer(cfg, federated_data(cfg.data, cfg.seed), [request]), original, models)

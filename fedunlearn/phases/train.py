@@ -88,9 +88,7 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, scorer:
                               f"(train.lr = {t.lr:g}, train.server_lr = {t.server_lr:g}, train.momentum = "
                               f"{t.momentum:g}); lower train.lr (or train.server_lr) so training does not diverge")
         m = scorer.round_metrics(weights)
-        acc, loss = m["test_acc"], m["test_loss"]
-        rows.append({"round": rnd, "test_acc": f"{acc:.6f}", "test_loss": f"{loss:.6f}",
-                     "forget_acc": f"{m['forget_acc']:.6f}", "backdoor_asr": f"{m['backdoor_asr']:.6f}",
+        rows.append({"round": rnd, **{k: f"{m[k]:.6f}" for k in scorer.round_columns},
                      "train_loss": f"{rep.train_loss:.6f}", "clients": len(rep.succeeded),
                      "failures": len(rep.failures), "wall_s": f"{time.perf_counter() - t0:.3f}"})
         if rnd in snapshot_rounds:  # the model and latest Δs a forget request starts from
@@ -99,7 +97,7 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, scorer:
         if rnd % cfg.simulation.checkpoint_every == 0 or rnd == t.rounds:
             store.save()
             run.save_checkpoint(weights, rnd)
-            run.write_rounds(rows)
-        log(f"round {rnd}/{t.rounds}  test_acc={acc:.4f}  test_loss={loss:.4f}  "
+            run.write_rounds(rows, scorer.round_columns)
+        log(f"round {rnd}/{t.rounds}  {scorer.round_line(m)}  "
             f"train_loss={rep.train_loss:.4f}  clients={len(rep.succeeded)}  failures={len(rep.failures)}")
     return TrainResult(weights, rows, store)

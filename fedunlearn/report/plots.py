@@ -34,7 +34,16 @@ from fedunlearn.results import read_csv  # noqa: E402
 
 GAP_METRICS = ["test_acc", "retain_acc", "forget_acc", "forget_test_acc", "kept_acc", "mia_efficacy", "mia_yeom",
                "mia_nn", "backdoor_asr"]
+GENERATIVE_GAP_METRICS = ["test_ll", "retain_ll", "forget_ll", "kept_ll", "forget_test_ll", "forget_gap"]  # nats
 AVERAGE_GAP_BAR = ("Average Gap", "avg_gap")  # mean |gap| of UA, MIA-efficacy, RA and TA
+ROUND_METRICS = {  # a task's per-round metric -> (panel label, unit, bounded in [0, 1])
+    "test_acc": ("test accuracy", "fraction", True),
+    "forget_acc": ("forget accuracy (forgotten clients' train data)", "fraction", True),
+    "backdoor_asr": ("backdoor attack success rate", "fraction", True),
+    "test_ll": ("test log-likelihood (remaining classes)", "nats per sample", False),
+    "forget_ll": ("forget log-likelihood (the forget set)", "nats per sample", False),
+    "forget_gap": ("forget gap LL(forget) - LL(test)", "nats per sample", False),
+}
 
 
 def _f(value: str) -> float:
@@ -79,15 +88,17 @@ def _seeds_note(seed_dirs: list[Path]) -> str:
     return f"{n} seeds: thick line the mean, thin lines each seed" if n > 1 else seed_dirs[0].name
 
 
-def accuracy_over_rounds(out: Path, seed_dirs: list[Path], names: list[str], scratch: set[str], backdoor: bool) -> Path:
-    panels = [("test_acc", "test accuracy"), ("forget_acc", "forget accuracy (forgotten clients' train data)")]
-    if backdoor:
-        panels.append(("backdoor_asr", "backdoor attack success rate"))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), sharex=True)
-    colors = _colors(["original"] + names)
+def metrics_over_rounds(out: Path, seed_dirs: list[Path], names: list[str], scratch: set[str]) -> Path:
+    """The task's per-round metrics (rounds.csv, trajectory.csv) through training, unlearning and recovery:
+    ``accuracy_over_rounds.png`` for a classifier, ``likelihood_over_rounds.png`` for the generative task."""
     trains = [read_csv(d / "train" / "rounds.csv") for d in seed_dirs]
+    panels = [k for k in ROUND_METRICS if k in trains[0][0] and any(not math.isnan(_f(r[k])) for r in trains[0])]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    colors = _colors(["original"] + names)
     forget_round = max(int(r["round"]) for r in trains[0])
-    for ax, (key, label) in zip(axes, panels, strict=True):
+    for ax, key in zip(axes, panels, strict=True):
+        label, unit, bounded = ROUND_METRICS[key]
         _draw_seeds(ax, [[(int(r["round"]), _f(r[key])) for r in train] for train in trains], colors["original"],
                     "training (all clients)")
         for name in names:
@@ -104,13 +115,15 @@ def accuracy_over_rounds(out: Path, seed_dirs: list[Path], names: list[str], scr
                 _draw_seeds(ax, curves, colors[name], name, ls="--" if name in scratch else "-")
         ax.axvline(forget_round, color="black", ls=":", lw=1)
         ax.text(forget_round, 0.04, " forget request", transform=ax.get_xaxis_transform(), fontsize=8)
-        ax.set_ylabel(label.split(" (")[0] + " (fraction)")
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel(f"{label.split(' (')[0]}\n({unit})")
+        if bounded:
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].set_title(f"Accuracy through training, unlearning and recovery ({_seeds_note(seed_dirs)})")
+    what = "Accuracy" if "test_acc" in panels else "Log-likelihood"
+    axes[0].set_title(f"{what} through training, unlearning and recovery ({_seeds_note(seed_dirs)})")
     axes[-1].set_xlabel("round (training, then each strategy's unlearning and recovery rounds)")
     _legend_outside(fig, axes[0])
-    return _save(fig, out / "accuracy_over_rounds.png")
+    return _save(fig, out / f"{'accuracy' if 'test_acc' in panels else 'likelihood'}_over_rounds.png")
 
 
 def curve_label(name: str, delay: str) -> str:
@@ -153,6 +166,8 @@ def relearning_curves(out: Path, seed_dirs: list[Path], rows: list[dict]) -> Pat
         ax.set_xlabel(f"probe {unit} ({'FedAvg rounds, forgotten clients re-added' if unit == 'rounds' else 'local SGD steps of the forgotten clients alone'})")
         if metric == "forget_loss":
             ax.set_ylabel("forget loss (mean cross-entropy, nats)")
+        elif metric == "forget_ll":
+            ax.set_ylabel("normalised forget log-likelihood r\n(0 = retrain, 1 = original)")
         else:
             names = {"backdoor": "backdoor attack success rate", "forget_acc": "forget accuracy"}
             ax.set_ylabel(f"{names.get(metric, 'forget metric')} (fraction)")
@@ -165,6 +180,11 @@ def relearning_curves(out: Path, seed_dirs: list[Path], rows: list[dict]) -> Pat
 def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[str]) -> Path:
     bars = [(m, f"gap_{m}") for m in GAP_METRICS] + [AVERAGE_GAP_BAR]
     bars = [(label, col) for label, col in bars if any(not math.isnan(_f(r.get(col))) for r in rows)]
+    unit = "fraction"
+    if not bars:  # the generative task: log-likelihood gaps
+        bars = [(m, f"gap_{m}") for m in GENERATIVE_GAP_METRICS
+                if any(not math.isnan(_f(r.get(f"gap_{m}"))) for r in rows)]
+        unit = "nats per sample"
     shown = ["original"] + [n for n in names if n not in scratch]
     colors = _colors(["original"] + names)
     fig, ax = plt.subplots(figsize=(11, 4.5))
@@ -179,7 +199,7 @@ def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[
     seeds = len({r["seed"] for r in rows})
     ax.set_xticks(np.arange(len(bars)) + width * (len(shown) - 1) / 2, [label for label, _ in bars],
                   rotation=20, ha="right")
-    ax.set_ylabel("|metric - retrain's metric| (fraction)")
+    ax.set_ylabel(f"|metric - retrain's metric| ({unit})")
     ax.set_xlabel("metric")
     ax.set_title(f"Gap to the retrained model per metric (lower is closer to exact unlearning; "
                  f"mean ± std over {seeds} seed(s))")
@@ -190,6 +210,8 @@ def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[
 
 def cost_vs_quality(out: Path, rows: list[dict], names: list[str], backdoor: bool) -> Path:
     key = "backdoor_asr" if backdoor else "forget_acc"
+    if all(math.isnan(_f(r.get(f"gap_{key}"))) for r in rows):  # the generative task
+        key = "forget_ll"
     colors = _colors(["original"] + names)
     fig, ax = plt.subplots(figsize=(9.5, 5))
     for name in names:
@@ -198,7 +220,7 @@ def cost_vs_quality(out: Path, rows: list[dict], names: list[str], backdoor: boo
         gap = np.mean([_f(r[f"gap_{key}"]) for r in mine])
         ax.scatter(cost, gap, s=60, color=colors[name], label=name, zorder=3)
     ax.set_xlabel("cost: client-epochs spent on forgetting (and recovery)")
-    ax.set_ylabel(f"|{key} - retrain's {key}| (fraction)")
+    ax.set_ylabel(f"|{key} - retrain's {key}| ({ROUND_METRICS[key][1]})")
     ax.set_title("Cost against forgetting quality (lower left is better; mean over seeds)")
     ax.grid(alpha=0.3)
     _legend_outside(fig, ax)
@@ -370,6 +392,96 @@ def _legend_outside(fig, ax) -> None:
                bbox_transform=fig.transFigure)
 
 
+def generated_samples(out: Path, seed_dir: Path, shown: int = 36) -> Path:
+    """The generative task's first figure: per model, a grid of generated samples beside the class histogram
+    the auxiliary classifier gives all of them (``seed-S/samples.npz``, written by the comparison)."""
+    with np.load(seed_dir / "samples.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    models = list(dict.fromkeys(k.split("/")[0] for k in arrays))
+    side = int(math.ceil(math.sqrt(shown)))
+    fig, axes = plt.subplots(len(models), 2, figsize=(8.5, 2.6 * len(models)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1.6]})
+    for (ax_img, ax_hist), name in zip(axes, models, strict=True):
+        images, labels = arrays[f"{name}/images"], arrays[f"{name}/labels"]
+        h, w = images.shape[-2:]
+        grid = np.ones((side * (h + 1), side * (w + 1)))
+        for i, img in enumerate(images[:side * side]):
+            r, c = divmod(i, side)
+            grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img.reshape(h, w)
+        ax_img.imshow(grid, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax_img.set_xticks([])
+        ax_img.set_yticks([])
+        ax_img.set_ylabel(name, fontsize=9)
+        counts = np.bincount(labels, minlength=10) / len(labels)
+        ax_hist.bar(np.arange(len(counts)), counts, color="tab:blue")
+        ax_hist.set_xticks(np.arange(len(counts)))
+        ax_hist.set_ylim(0, 1)
+        ax_hist.set_ylabel("share of samples")
+        ax_hist.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_title(f"{min(shown, len(images))} of {len(images)} generated samples", fontsize=9)
+    axes[0, 1].set_title("class of every generated sample (auxiliary classifier)", fontsize=9)
+    axes[-1, 1].set_xlabel("class")
+    fig.suptitle(f"Generated samples per model ({seed_dir.name}; Gibbs chains from random states: a picture, "
+                 "not the headline)", fontsize=10)
+    return _save(fig, out / "generated_samples.png")
+
+
+SWEEP_PANELS = {  # the task's panels of sweep.png: quality, distance of forgetting to retrain, relearning
+    "generative": [("test_ll", "test log-likelihood (nats per sample)"),
+                   ("gap_forget_ll", "|forget LL - retrain's| (nats per sample)"),
+                   ("relearn_delay", "relearning delay (probe rounds)")],
+    "classification": [("test_acc", "test accuracy (fraction)"), ("avg_gap", "Average Gap to retrain (fraction)"),
+                       ("relearn_delay", "relearning delay (probe rounds)")],
+}
+
+
+def _delay(value: str) -> float:
+    """A delay cell as a number; a censored one ("> 10") at its cap."""
+    return _f(str(value).removeprefix("> "))
+
+
+def sweep_plot(run_dir: str | Path) -> Path:
+    """``plots/sweep.png`` of a sweep folder: per panel, the mean over seeds of each strategy against the first
+    numeric swept key, one line style per combination of the other swept keys."""
+    run_dir = Path(run_dir)
+    rows = read_csv(run_dir / "sweep.csv")
+    keys = [k for k in rows[0] if k.startswith("sweep:")]
+    numeric = [k for k in keys if all(_number(r[k]) is not None for r in rows)]
+    if not numeric:
+        raise ValueError(f"{run_dir}/sweep.csv: no numeric swept key to draw against")
+    x_key, others = numeric[0], [k for k in keys if k != numeric[0]]
+    task = "generative" if any(not math.isnan(_f(r.get("test_ll"))) for r in rows) else "classification"
+    panels = SWEEP_PANELS[task]
+    names = list(dict.fromkeys(r["strategy"] for r in rows))
+    combos = list(dict.fromkeys(tuple(r[k] for k in others) for r in rows))
+    colors, styles = _colors(names), ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
+    for ax, (column, label) in zip(axes[0], panels, strict=True):
+        for name in names:
+            for j, combo in enumerate(combos):
+                by_x = defaultdict(list)
+                for r in rows:
+                    if r["strategy"] == name and tuple(r[k] for k in others) == combo:
+                        y = _delay(r.get(column, "")) if column == "relearn_delay" else _f(r.get(column))
+                        if not math.isnan(y):
+                            by_x[float(r[x_key])].append(y)
+                if not by_x:
+                    continue
+                xs = sorted(by_x)
+                tag = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(others, combo, strict=True))
+                ax.plot(xs, [np.mean(by_x[x]) for x in xs], color=colors[name], ls=styles[j % len(styles)],
+                        marker="o", ms=3, label=f"{name}{' (' + tag + ')' if tag else ''}")
+        ax.set_xlabel(x_key.removeprefix("sweep:"))
+        ax.set_ylabel(label)
+        ax.set_title(label.split(" (")[0], fontsize=10)
+        ax.grid(alpha=0.3)
+    seeds = len({r["seed"] for r in rows})
+    fig.suptitle(f"Sweep of {x_key.removeprefix('sweep:')} (mean over {seeds} seed(s); censored delays at their cap)",
+                 fontsize=11)
+    _legend_outside(fig, axes[0, -1])
+    return _save(fig, run_dir / "plots" / "sweep.png")
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -392,7 +504,8 @@ def draw_all(run_dir: str | Path) -> list[Path]:
     trained = seed_dirs and all((d / "train" / "rounds.csv").exists() for d in seed_dirs)
     costed = any(not math.isnan(_f(r.get("client_epochs"))) for r in rows if r["strategy"] in names)
     # a comparison written by anyone's ServerApp (write_comparison) may lack rounds and costs
-    drawn = [accuracy_over_rounds(out, seed_dirs, names, scratch, backdoor) if trained else None,
+    drawn = [metrics_over_rounds(out, seed_dirs, names, scratch) if trained else None,
              relearning_curves(out, seed_dirs, rows), gaps_to_retrain(out, rows, names, scratch),
-             cost_vs_quality(out, rows, names, backdoor) if costed else None, step_sweep(out, rows)]
+             cost_vs_quality(out, rows, names, backdoor) if costed else None, step_sweep(out, rows),
+             generated_samples(out, seed_dirs[0]) if seed_dirs and (seed_dirs[0] / "samples.npz").exists() else None]
     return [p for p in drawn if p is not None]

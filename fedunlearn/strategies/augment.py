@@ -32,6 +32,8 @@ class AugmentSettings:
 class Augment(UnlearnerWrapper):
     """Any unlearner, its clients' batches augmented in the unlearning and recovery rounds."""
 
+    needs_classifier = True  # its photo policies would make binary data grey; its tests read class outputs
+
     Settings = AugmentSettings
 
     def refuses(self, cfg: ExperimentConfig) -> str:

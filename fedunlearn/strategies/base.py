@@ -143,6 +143,8 @@ class Unlearner:
         An instance of the class attribute ``Settings`` (None: the strategy takes no settings).
     """
 
+    needs_classifier = False  # True: refused on a task without labels (fedunlearn.tasks)
+
     Settings: type | None = None
     recovers = True
     from_scratch = False

@@ -314,9 +314,10 @@ def weighted_metric(updates: Sequence[ClientUpdate], keys: Sequence[str]) -> flo
 
 
 def federation_spec(cfg: ExperimentConfig) -> str:
-    """What a client needs to rebuild its data and model, as the JSON string clients cache on."""
+    """What a client needs to rebuild its task, data and model, as the JSON string clients cache on."""
     raw = config_to_dict(cfg)
-    return json.dumps({"seed": cfg.seed, "data": raw["data"], "model": raw["model"]}, sort_keys=True)
+    return json.dumps({"seed": cfg.seed, "task": raw["task"], "data": raw["data"], "model": raw["model"]},
+                      sort_keys=True)
 
 
 def local_recipe(cfg: ExperimentConfig) -> dict:

@@ -281,6 +281,8 @@ class Influence(Unlearner):
     (primal) or the dual's (α, Δθ, block size).
     """
 
+    needs_classifier = True  # the Gauss-Newton Hessian of the cross-entropy loss
+
     Settings = InfluenceSettings
     recovers = False
     step_settings = ("damping",)

@@ -144,6 +144,8 @@ def describe_kept(kept: dict[str, tuple[int, int]]) -> str:
 class Mask(UnlearnerWrapper):
     """Any unlearner with a first-order step, its unlearning rounds masked (recovery unchanged)."""
 
+    needs_classifier = True  # gradient statistics of the cross-entropy loss
+
     Settings = MaskSettings
 
     def refuses(self, cfg: ExperimentConfig) -> str:

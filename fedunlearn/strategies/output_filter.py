@@ -36,6 +36,8 @@ class OutputFilterSettings:
 class OutputFilter(Unlearner):
     """Append (or compose) the output filter for the request's classes."""
 
+    needs_classifier = True  # it filters class probabilities
+
     Settings = OutputFilterSettings
     recovers = False
     kinds = ("class",)

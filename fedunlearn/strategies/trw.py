@@ -68,6 +68,8 @@ class TRWRound(RecordingFedAvg):
 class TRW(Unlearner):
     """The holders' TRW fine-tuning; recovery follows."""
 
+    needs_classifier = True  # its targets are class distributions
+
     Settings = TRWSettings
     kinds = ("class",)
     step_settings = ("temperature",)

@@ -1,0 +1,62 @@
+"""The interface every task implements (docs/methods.md, "Tasks")."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fedunlearn.config import ConfigError, ExperimentConfig, ForgetRequest
+from fedunlearn.data import FederatedData
+from fedunlearn.training import Objective
+
+
+class Task:
+    """What is learnt and how it is scored.
+
+    Parameters
+    ----------
+    settings
+        The task's own settings (its ``Settings`` dataclass, validated), or None when it has none.
+
+    Attributes
+    ----------
+    classifier
+        Whether models output class scores, so that parts declaring ``needs_classifier`` apply.
+    probe_metrics
+        The forget metrics the relearning probe may watch on this task.
+    """
+
+    classifier: bool = True
+    probe_metrics: tuple[str, ...] = ()
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    def objective(self, seed: int) -> Objective:
+        """The batch loss a client's local run minimises (a fresh one per run: it may keep state)."""
+        raise NotImplementedError
+
+    def scorer(self, cfg: ExperimentConfig, data: FederatedData, requests: Sequence[ForgetRequest] = ()):
+        """The scorer of models on the experiment's evaluation sets."""
+        raise NotImplementedError
+
+    def default_probe_metric(self, cfg: ExperimentConfig) -> str:
+        """The probe's metric when ``probe.metric = "auto"``."""
+        return self.probe_metrics[0]
+
+    def check(self, cfg: ExperimentConfig, parts: Sequence[tuple[str, Any]]) -> None:
+        """Refuse, before any training, what this task cannot run: ``parts`` are (label, part object) pairs
+        of the experiment's strategies, each possibly declaring ``needs_classifier``."""
+        metric = cfg.probe.metric
+        if metric != "auto" and metric not in self.probe_metrics:
+            raise ConfigError(f"probe.metric: {metric!r} does not apply to the {cfg.task.name} task; use one of "
+                              f"{', '.join(('auto', *self.probe_metrics))}")
+        if self.classifier:
+            return
+        for label, part in parts:
+            if getattr(part, "needs_classifier", False):
+                raise ConfigError(f"forgetting.strategies: {label} needs a classifier and task.name = "
+                                  f"{cfg.task.name!r} has none; remove {label} from the list")
+        if cfg.data.backdoor.clients:
+            raise ConfigError(f"data.backdoor.clients: a backdoor is measured by a classifier's attack success rate "
+                              f"and task.name = {cfg.task.name!r} has none; remove [data.backdoor]")
