@@ -30,6 +30,7 @@ from pathlib import Path
 
 from fedunlearn.config import ConfigError, ExperimentConfig, config_to_dict, to_toml
 from fedunlearn.data import federated_data
+from fedunlearn.dilution import load_mask
 from fedunlearn.evaluation import Scorer
 from fedunlearn.evaluation.metrics import METRICS, ModelView, evaluate_all
 from fedunlearn.evaluation.probe import ProbeResult, delay_ratio, reaches, threshold
@@ -271,7 +272,9 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpe
         r.update(evaluate_all(scorer, models[r["strategy"]], reference_view))
     if cfg.probe.enabled:
         log(f"[seed {cfg.seed}] relearning-delay probe ({cfg.probe_metric()}, modes {cfg.probe.modes})")
-        results = probe_models(fed, cfg, scorer, trained.weights, models, log=log, cache=ProbeCache(pieces.probes))
+        masks = {"original": load_mask(pieces.train.path), **{k: load_mask(p.path) for k, p in pieces.strategies.items()}}
+        results = probe_models(fed, cfg, scorer, trained.weights, models, log=log, cache=ProbeCache(pieces.probes),
+                               masks=masks)
         write_probes(seed_dir, results)
         for r in seed_rows:
             r.update(probe_columns(results, r["strategy"], reference.label))

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord
@@ -35,6 +35,7 @@ from fedunlearn.config import (
 )
 from fedunlearn.data import federated_data
 from fedunlearn.data.forget_sets import ForgetSets, requests_json
+from fedunlearn.dilution import Mask, load_mask
 from fedunlearn.evaluation import Scorer
 from fedunlearn.evaluation.probe import ProbeResult, threshold
 from fedunlearn.evaluation.relearning import relearning_probe
@@ -45,6 +46,7 @@ from fedunlearn.provenance import Piece
 from fedunlearn.results import RunDir, csv_text
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import RecordingFedAvg
+from fedunlearn.strategies.dilution import diluted
 from fedunlearn.strategies.fedavg import FORGET, local_recipe
 
 PROBE_CLOCK = 100_000  # probe rounds are numbered from here, apart from every training round
@@ -58,12 +60,14 @@ def metric_value(scorer: Scorer, weights: Weights, metric: str) -> float:
     return loss if metric == "forget_loss" else acc
 
 
-def probe_all(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: Weights, tau: float) -> ProbeResult:
-    """FedAvg over every client for ``probe.max_rounds`` rounds (:func:`relearning_probe`, as any ServerApp)."""
+def probe_all(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: Weights, tau: float,
+              mask: Mask | None = None) -> ProbeResult:
+    """FedAvg over every client for ``probe.max_rounds`` rounds (:func:`relearning_probe`, as any ServerApp);
+    a diluted model relearns with its ``mask`` held."""
     metric = cfg.probe_metric()
     strategy = RecordingFedAvg.from_config(cfg, PseudoGradientStore(), fed.node_of, range(cfg.data.num_clients),
                                            round_offset=PROBE_CLOCK)
-    return relearning_probe(fed.watched("probe"), strategy, ArrayRecord(weights),
+    return relearning_probe(fed.watched("probe"), diluted(strategy, mask), ArrayRecord(weights),
                             lambda arrays: metric_value(scorer, arrays.to_numpy_ndarrays(), metric),
                             metric=metric, tau=tau, max_rounds=cfg.probe.max_rounds, timeout=fed.timeout)
 
@@ -95,8 +99,10 @@ class ProbeAloneRound(RecordingFedAvg):
         return config
 
 
-def probe_alone(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: Weights, tau: float) -> ProbeResult:
-    """The forgotten clients alone, one Flower round per SGD step, for ``probe.alone_max_steps`` steps."""
+def probe_alone(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: Weights, tau: float,
+                mask: Mask | None = None) -> ProbeResult:
+    """The forgotten clients alone, one Flower round per SGD step, for ``probe.alone_max_steps`` steps
+    (a diluted model's ``mask`` held)."""
     metric = cfg.probe_metric()
     holders = sorted({c for h in ForgetSets.of(scorer.data, scorer.requests, cfg.seed).holders for c in h})
     steps = cfg.probe.alone_max_steps
@@ -104,7 +110,7 @@ def probe_alone(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights:
                                base_config=local_recipe(cfg), min_train_nodes=0, round_offset=PROBE_CLOCK,
                                holders=holders, requests=scorer.requests, lr=cfg.probe.alone_lr, steps=steps,
                                probe_id=uuid.uuid4().hex)
-    return relearning_probe(fed.watched("probe"), strategy, ArrayRecord(weights),
+    return relearning_probe(fed.watched("probe"), diluted(strategy, mask), ArrayRecord(weights),
                             lambda arrays: metric_value(scorer, arrays.to_numpy_ndarrays(), metric),
                             metric=metric, tau=tau, max_rounds=steps, timeout=fed.timeout, unit="steps")
 
@@ -128,9 +134,12 @@ class ProbeCache:
 
 
 def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, original: Weights,
-                 models: dict[str, Weights], log=print, cache: ProbeCache | None = None
-                 ) -> dict[str, dict[str, ProbeResult]]:
+                 models: dict[str, Weights], log=print, cache: ProbeCache | None = None,
+                 masks: dict[str, Mask | None] | None = None) -> dict[str, dict[str, ProbeResult]]:
     """Probe every model in every configured mode: {mode: {name: result}}; ``cache`` keeps finished ones.
+
+    A diluted model relearns with its own mask held (``masks`` by model name: the one its folder
+    keeps, :func:`fedunlearn.dilution.load_mask`; a late retrain's is not the original's).
 
     A model with a server-side output filter is probed as its network: relearning trains the
     network, and the filter would hide the forget classes however much of them came back.
@@ -147,7 +156,8 @@ def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, origina
                 results[mode][name] = res
                 log(f"  probe [{mode}] {name}: already done with these settings, reusing it")
                 continue
-            res = (probe_all if mode == "all" else probe_alone)(fed, cfg, scorer, weights, tau)
+            res = (probe_all if mode == "all" else probe_alone)(fed, cfg, scorer, weights, tau,
+                                                                (masks or {}).get(name))
             results[mode][name] = res
             if cache:
                 cache.put(mode, name, res, log)
@@ -172,9 +182,10 @@ class ProbeJob:
     scorer: Scorer
     original: Weights
     models: dict[str, Weights]
+    masks: dict[str, Mask | None] = field(default_factory=dict)
 
     def run(self, fed: Federation, log=print) -> dict[str, dict[str, ProbeResult]]:
-        return probe_models(fed, self.cfg, self.scorer, self.original, self.models, log=log)
+        return probe_models(fed, self.cfg, self.scorer, self.original, self.models, log=log, masks=self.masks)
 
 
 def prepare_probe(run_dir: str | Path, request: ForgetRequest, metric: str, mode: str, max_rounds: int | None,
@@ -191,11 +202,12 @@ def prepare_probe(run_dir: str | Path, request: ForgetRequest, metric: str, mode
     except ConfigError as err:
         raise ConfigError(str(err).replace("probe.metric:", "--metric:").replace("probe.max_rounds:", "--max-rounds:")) from None
     original, _ = run.load_checkpoint()
-    models = {"original": original}
+    models, masks = {"original": original}, {"original": load_mask(run.path)}
     for path in model_dirs:
         model = RunDir(path)
         if not model.checkpoint.exists():
             raise ConfigError(f"--model: {path} holds no checkpoint/global.npz; pass a strategy folder "
                               "(e.g. RUN/forget-puf/strategies/puf) or a training run")
         models[Path(path).name], _ = model.load_checkpoint()
-    return ProbeJob(cfg, Scorer(cfg, federated_data(cfg.data, cfg.seed), [request]), original, models)
+        masks[Path(path).name] = load_mask(path)
+    return ProbeJob(cfg, Scorer(cfg, federated_data(cfg.data, cfg.seed), [request]), original, models, masks)
