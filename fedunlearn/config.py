@@ -85,6 +85,40 @@ class DataConfig:
                         f"client id {c} is not in 0..{self.num_clients - 1}")
 
 
+DILUTION_MODES = ("early", "late")
+
+
+@dataclass
+class DilutionConfig:
+    """``[model.dilution]``: a fixed binary mask on the model's weight matrices (docs/methods.md, "Dilution").
+
+    ``sparsity`` s is the share of each weight matrix (and conv kernel; never a bias) held at 0;
+    0 keeps the model dense. ``mode = "early"`` draws the mask at random, seeded by the experiment
+    seed, before training (the lottery-ticket setting); ``"late"`` prunes the trained weights by
+    magnitude after round ``train.rounds − finetune_rounds`` and fine-tunes the remaining
+    ``finetune_rounds`` rounds with the mask held (``train.rounds`` stays the total).
+    """
+
+    sparsity: float = 0.0
+    mode: str = "early"
+    finetune_rounds: int = 0
+
+    def validate(self) -> None:
+        require(0 <= self.sparsity < 1, "sparsity",
+                f"must be in [0, 1) (got {self.sparsity}); the share of each weight matrix held at 0, 0 for dense")
+        require(self.mode in DILUTION_MODES, "mode",
+                f"must be 'early' (a random mask before training) or 'late' (magnitude pruning after training) "
+                f"(got {self.mode!r})")
+        require(self.finetune_rounds >= 0, "finetune_rounds", f"must be >= 0 (got {self.finetune_rounds})")
+        require(self.mode == "late" or self.finetune_rounds == 0, "finetune_rounds",
+                f"applies to mode = 'late' only (got {self.finetune_rounds} with mode 'early'); set it to 0")
+
+    @property
+    def active(self) -> bool:
+        """Whether the model is diluted at all (sparsity > 0)."""
+        return self.sparsity > 0
+
+
 @dataclass
 class TaskConfig:
     """What is learnt and scored: ``classification`` (default) or ``generative``; the task's own settings
@@ -96,9 +130,13 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    """The model; its own settings are a table named after it, e.g. ``[model.cnn] hidden = 64``."""
+    """The model; its own settings are a table named after it, e.g. ``[model.cnn] hidden = 64``.
+
+    ``[model.dilution]`` is not a model's table: it dilutes whichever model is named (:class:`DilutionConfig`).
+    """
 
     name: str = "cnn"
+    dilution: DilutionConfig = field(default_factory=DilutionConfig)
     settings: dict[str, dict[str, Any]] = parts_field()
 
 
@@ -340,6 +378,10 @@ class ExperimentConfig:
         require(self.probe.metric != "backdoor" or self.has_trigger(), "probe.metric",
                 "backdoor needs data.backdoor.clients with a trigger (patch_size > 0); use forget_acc")
         validate_requests(self.forget_requests(), self.data.num_clients, self.train.rounds, "forget")
+        dilution = self.model.dilution
+        require(not dilution.active or dilution.mode != "late" or dilution.finetune_rounds < self.train.rounds,
+                "model.dilution.finetune_rounds", f"must be < train.rounds = {self.train.rounds} (got "
+                f"{dilution.finetune_rounds}): the pruning comes after round train.rounds − finetune_rounds >= 1")
 
     def has_trigger(self) -> bool:
         """Whether some clients carry a triggered backdoor (so an attack success rate exists)."""

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fedunlearn.config import ModelConfig
+from fedunlearn.dilution import dilute_early
 from fedunlearn.rbm import RBMSettings, rbm
 from fedunlearn.registry import Part, Registry, check_tables
 from fedunlearn.settings import ConfigError, require
@@ -110,7 +111,11 @@ def model_part(cfg: ModelConfig) -> Part:
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
-    """Instantiate the configured model with weights initialised from ``seed``."""
+    """Instantiate the configured model with weights initialised from ``seed``.
+
+    With ``[model.dilution] mode = "early"`` the model is built diluted: the pruned coordinates of
+    the seeded mask start at 0 (:func:`fedunlearn.dilution.dilute_early`).
+    """
     part = model_part(cfg)
     settings = part.build_settings(cfg.settings, "model.")
     with torch.random.fork_rng(devices=[]):
@@ -118,4 +123,5 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         model = part.obj(input_shape, num_classes, settings)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name: {cfg.name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    dilute_early(model, cfg.dilution, seed)
     return model

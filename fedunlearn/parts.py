@@ -19,6 +19,7 @@ from fedunlearn.config import (
     validate_requests,
 )
 from fedunlearn.data import data_parts, federated_data, partition
+from fedunlearn.dilution import check_requests
 from fedunlearn.models import model_part
 from fedunlearn.registry import Part
 from fedunlearn.settings import ConfigError, as_dict
@@ -30,6 +31,7 @@ def check_parts(cfg: ExperimentConfig) -> list[StrategySpec]:
     """Validate every part the experiment names; returns its strategies, the reference first."""
     data_parts(cfg.data)
     model_part(cfg.model)
+    check_requests(cfg)  # a late dilution prunes after a round: no request may come before it
     specs = resolve_strategies(cfg)
     task_of(cfg).check(cfg, [(s.label, p.obj) for s in specs for p in s.parts])
     return specs

@@ -135,7 +135,8 @@ def training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     ``simulation`` is out too: it changes where and how fast, not what; except the clients' device
     (a GPU's arithmetic is not the CPU's), which is in when it is not the CPU (so the records of
     CPU runs stay as they were); ``data.validation``, ``data.binarize`` and the task likewise only
-    when they are not the defaults.
+    when they are not the defaults, and ``model.dilution`` only when the model is diluted
+    (:func:`dilution_record`).
     """
     raw = config_to_dict(cfg)
     train = {k: v for k, v in raw["train"].items() if k != "rounds"}
@@ -146,10 +147,22 @@ def training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     if not cfg.data.binarize:
         data.pop("binarize", None)
     task = {"task": _used(raw["task"], [cfg.task.name])} if cfg.task.name != "classification" else {}
+    model = _used(raw["model"], [cfg.model.name])
+    if cfg.model.dilution.active:  # a dense model's record stays as it was before the setting
+        model["dilution"] = dilution_record(cfg)
     return {"seed": cfg.seed, **task, "data": data,
-            "model": _used(raw["model"], [cfg.model.name]), "train": train,
+            "model": model, "train": train,
             "store": {"history": cfg.store.history, "dtype": cfg.store.dtype},
             "forget": [request_record(r) for r in cfg.forget], **({"device": device} if device != "cpu" else {})}
+
+
+def dilution_record(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What a diluted run depends on: sparsity and mode and, late, the round after which it prunes
+    (``train.rounds − finetune_rounds``: the rounds up to it, and after it, do not depend on
+    ``train.rounds`` otherwise, so a late run can be extended with the same pruning round)."""
+    d = cfg.model.dilution
+    late = {"prune_round": cfg.train.rounds - d.finetune_rounds} if d.mode == "late" else {}
+    return {"sparsity": d.sparsity, "mode": d.mode, **late}
 
 
 def request_record(request: ForgetRequest) -> dict[str, Any]:

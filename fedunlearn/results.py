@@ -10,6 +10,7 @@ Layout::
     DIR/label_distribution.png  each client's samples per class (the federation before training)
     DIR/failures.log         the tracebacks of failed client replies (only when there were any)
     DIR/checkpoint/global.npz  the global weights after the last checkpointed round (key ``round``)
+    DIR/checkpoint/dilution_mask.npz  a diluted model's mask (fedunlearn.dilution)
     DIR/store/               the PseudoGradientStore (latest.npz, store.json, history/)
 """
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from fedunlearn.arrays import Weights
+from fedunlearn.dilution import held
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """A task's training loss of one batch: (model, inputs, labels) -> a scalar to minimise."""
@@ -73,8 +74,10 @@ def train_local(
     per-sample targets).
     ``augment`` maps each input batch before the forward pass (augmentation during unlearning);
     ``weight_decay`` λ makes each step w ← w − η(∇ℓ + λw) (client-side IEU). The data goes to the
-    model's device; batches are drawn on the CPU, so the order is the same on any device.
+    model's device; batches are drawn on the CPU, so the order is the same on any device. A
+    dilution mask attached to ``model`` (:func:`fedunlearn.dilution.attach`) is held after every step.
     """
+    after_step = held(model, after_step)
     device = model_device(model)
     xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     gen = torch.Generator().manual_seed(seed)

@@ -3,7 +3,8 @@
 ``train`` messages run local SGD; ``train.<behaviour>`` messages run the behaviour registered under
 that name in :data:`fedunlearn.clients.BEHAVIOURS` (``train.ascent``: PGA's projected ascent). With
 ``grad-stats`` in the config, any behaviour's reply also holds the per-coordinate gradient
-statistics of feasible-update masking (``grad-mean``, ``grad-std``).
+statistics of feasible-update masking (``grad-mean``, ``grad-std``). A message with the ArrayRecord
+``dilution-mask`` has its pruned weights held at 0 after every local step (docs/methods.md, "Dilution").
 Everything a client needs to rebuild its data and model travels in the message's config (the
 ``federation`` key, a JSON string) and is cached per process; the forget requests in effect travel
 as ``exclude`` (train on the rest) and ``only`` (train on their forget samples alone), so an actor builds its data and model
@@ -27,6 +28,7 @@ from fedunlearn.clients.train import OBJECTIVE_STREAM, stream_seed
 from fedunlearn.config import DataConfig, ModelConfig, TaskConfig
 from fedunlearn.data import ClientData, federated_data
 from fedunlearn.data.forget_sets import kept_indices, requests_from_json
+from fedunlearn.dilution import MASK_RECORD, attach, hold
 from fedunlearn.models import build_model
 from fedunlearn.settings import build
 from fedunlearn.tasks import build_task
@@ -94,6 +96,7 @@ def _handler(behaviour_name: str):
         _, model, task = _federation(spec)
         model.to(_device(str(config.get("device", "cpu"))))
         set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
+        attach(model, msg.content.array_records.get(MASK_RECORD))  # dilution: held after every local step
         extra = {k: r.to_numpy_ndarrays() for k, r in msg.content.array_records.items() if k != "arrays"}
         seed = client_seed(int(config["seed"]), int(config["server-round"]), pid)
         request = ClientRequest(config, seed, extra, context.state, task.objective(stream_seed(seed, OBJECTIVE_STREAM)))
@@ -103,6 +106,7 @@ def _handler(behaviour_name: str):
         stats = batch_gradient_stats(model, mine.x_train, mine.y_train, batch_size=int(config["batch-size"]),
                                      seed=request.seed) if config.get("grad-stats") else None
         result = behaviour(model, mine, request)
+        hold(model)  # and after the behaviour (the probe's one step is not train_local's)
         if stats is not None:
             result.arrays.update({"grad-mean": stats[0], "grad-std": stats[1]})
             result.metrics["grad-batches"] = stats[2]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from fedunlearn.config import ConfigError, ExperimentConfig, config_to_dict, to_toml
 from fedunlearn.data import federated_data
+from fedunlearn.dilution import load_mask
 from fedunlearn.evaluation.probe import ProbeResult, delay_ratio
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
@@ -238,8 +239,9 @@ def compare_seed(fed: Federation, cfg: ExperimentConfig, specs: list[StrategySpe
     scorer.write_artifacts(models, seed_dir)
     if cfg.probe.enabled:
         log(f"[seed {cfg.seed}] relearning-delay probe ({probe_metric(cfg)}, modes {cfg.probe.modes})")
+        masks = {"original": load_mask(pieces.train.path), **{k: load_mask(p.path) for k, p in pieces.strategies.items()}}
         results = probe_models(fed, cfg, scorer, trained.weights, models, log=log, cache=ProbeCache(pieces.probes),
-                               reference=models[reference.label])
+                               reference=models[reference.label], masks=masks)
         write_probes(seed_dir, results)
         for r in seed_rows:
             r.update(probe_columns(results, r["strategy"], reference.label))

@@ -31,6 +31,7 @@ from fedunlearn.config import (
 )
 from fedunlearn.data import federated_data
 from fedunlearn.data.forget_sets import ForgetSets
+from fedunlearn.dilution import Mask, Schedule, run_mask, save_mask
 from fedunlearn.evaluation import Scorer
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
@@ -38,19 +39,21 @@ from fedunlearn.parts import check_parts
 from fedunlearn.results import RunDir, csv_text
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import StrategySpec, UnlearningContext, UnlearningError
+from fedunlearn.strategies.dilution import diluted
 
 TRAJECTORY_COLUMNS = ["strategy", "round", "phase"]  # then the task's round metrics
 
 
 @dataclass
 class Snapshot:
-    """The federation when the first forget request arrives: model, round, latest Δs, history."""
+    """The federation when the first forget request arrives: model, round, latest Δs, history, dilution mask."""
 
     weights: Weights
     server_round: int
     store: PseudoGradientStore
     history: PseudoGradientStore
     init_weights: Weights
+    mask: Mask | None = None
 
 
 @dataclass
@@ -93,7 +96,7 @@ def load_snapshot(cfg: ExperimentConfig, train_dir: str | Path, server_round: in
     budget = int(cfg.store.ram_budget_mb * 2**20)
     weights, rnd = run.load_checkpoint(run.snapshot(server_round))
     return Snapshot(weights, rnd, PseudoGradientStore.load(run.store, budget, tag=f"_round{rnd}"),
-                    PseudoGradientStore.load(run.store, budget), init_weights)
+                    PseudoGradientStore.load(run.store, budget), init_weights, run_mask(cfg, run.path))
 
 
 class Timeline:
@@ -120,6 +123,8 @@ class Timeline:
         self.fed, self.cfg, self.spec, self.snapshot, self.scorer = fed, cfg, spec, snapshot, scorer
         self.store, self.target, self.log = store, retrain_test_acc, log
         self.unlearner = spec.build()
+        # the training run's mask; from scratch, its own (late: made by magnitude after its pruning round)
+        self.dilution = Schedule(cfg, snapshot.init_weights, None if spec.from_scratch else snapshot.mask, log=log)
         self.outcome = StrategyOutcome(spec.label, snapshot.weights, [], Cost(), from_scratch=spec.from_scratch,
                                        spec=spec.spec)
         store.copy_latest_from(snapshot.store)
@@ -129,11 +134,12 @@ class Timeline:
         """One Flower round of ``strategy``, evaluated, counted and checked for NaN/Inf.
 
         Clients train the network; a server-side output filter (docs/methods.md, "Class
-        unlearning") stays on the model across the round.
+        unlearning") stays on the model across the round. A dilution mask holds on the network.
         """
         network, output_filter = split_filter(weights, self.scorer.num_arrays)
-        arrays, _ = self.fed.train_round(strategy, ArrayRecord(network), rnd, stage=self.spec.label)
-        new = with_filter(arrays.to_numpy_ndarrays(), output_filter)
+        arrays, _ = self.fed.train_round(diluted(strategy, self.dilution.mask), ArrayRecord(network), rnd,
+                                         stage=self.spec.label)
+        new = with_filter(self.dilution.after_round(arrays.to_numpy_ndarrays(), rnd), output_filter)
         self.check_finite(new, f"round {rnd} ({phase})")
         rep, cost = strategy.report, self.outcome.cost
         cost.rounds += 1
@@ -205,6 +211,9 @@ class Timeline:
                 ctx = self.context(weights, before.clock, req, removed + [req])
                 weights = self.unlearner.unlearn(ctx)
                 self.check_finite(weights, "the unlearning step")
+                # a step made on the server (IEU's noise, NoT, FedRecovery, influence) keeps the dilution mask too
+                network, output_filter = split_filter(weights, self.scorer.num_arrays)
+                weights = with_filter(self.dilution.enforce(network), output_filter)
                 if self.unlearner.recovers:
                     weights = self.recover(ctx, weights)
                 clock, removed, regular = ctx.clock, removed + [req], req.round
@@ -220,7 +229,10 @@ def run_strategy(fed: Federation, cfg: ExperimentConfig, spec: StrategySpec, sna
     """Run ``spec``'s whole timeline and write its trajectory, model and result to ``out``."""
     run = RunDir(out)
     store = PseudoGradientStore(run.store, cfg.store.history, int(cfg.store.ram_budget_mb * 2**20), cfg.store.dtype)
-    outcome = Timeline(fed, cfg, spec, snapshot, scorer, store, retrain_test_acc, log).run()
+    timeline = Timeline(fed, cfg, spec, snapshot, scorer, store, retrain_test_acc, log)
+    outcome = timeline.run()
+    if timeline.dilution.mask is not None:  # beside the model, before result.json marks it done (the probe reads it)
+        save_mask(run.path, timeline.dilution.mask)
     write_outcome(run, outcome)
     return outcome
 
@@ -280,5 +292,5 @@ def prepare_forget(run_dir: str | Path, request: ForgetRequest, strategy: str, r
                           .replace("set store.history = true", "train with --set store.history=true")) from None
     scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), [request])
     store = PseudoGradientStore.load(run.store, int(cfg.store.ram_budget_mb * 2**20))
-    snapshot = Snapshot(weights, last_round, store, store, scorer.initial_weights())
+    snapshot = Snapshot(weights, last_round, store, store, scorer.initial_weights(), run_mask(cfg, run.path))
     return ForgetJob(cfg, spec, snapshot, scorer)

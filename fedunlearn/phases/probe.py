@@ -17,7 +17,7 @@ import dataclasses
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord
@@ -35,6 +35,7 @@ from fedunlearn.config import (
 )
 from fedunlearn.data import federated_data
 from fedunlearn.data.forget_sets import ForgetSets, requests_json
+from fedunlearn.dilution import Mask, load_mask
 from fedunlearn.evaluation import Scorer
 from fedunlearn.evaluation.probe import ProbeResult, threshold
 from fedunlearn.evaluation.relearning import relearning_probe
@@ -45,6 +46,7 @@ from fedunlearn.provenance import Piece
 from fedunlearn.results import RunDir, csv_text
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import RecordingFedAvg
+from fedunlearn.strategies.dilution import diluted
 from fedunlearn.strategies.fedavg import FORGET, local_recipe
 from fedunlearn.tasks import probe_metric, task_of
 
@@ -56,12 +58,13 @@ ProbeValue = Callable[[Weights], float]
 
 
 def probe_all(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: Weights, value: ProbeValue,
-              tau: float) -> ProbeResult:
-    """FedAvg over every client for ``probe.max_rounds`` rounds (:func:`relearning_probe`, as any ServerApp)."""
+              tau: float, mask: Mask | None = None) -> ProbeResult:
+    """FedAvg over every client for ``probe.max_rounds`` rounds (:func:`relearning_probe`, as any ServerApp);
+    a diluted model relearns with its ``mask`` held."""
     metric = probe_metric(cfg)
     strategy = RecordingFedAvg.from_config(cfg, PseudoGradientStore(), fed.node_of, range(cfg.data.num_clients),
                                            round_offset=PROBE_CLOCK)
-    return relearning_probe(fed.watched("probe"), strategy, ArrayRecord(weights),
+    return relearning_probe(fed.watched("probe"), diluted(strategy, mask), ArrayRecord(weights),
                             lambda arrays: value(arrays.to_numpy_ndarrays()),
                             metric=metric, tau=tau, max_rounds=cfg.probe.max_rounds, timeout=fed.timeout)
 
@@ -94,8 +97,9 @@ class ProbeAloneRound(RecordingFedAvg):
 
 
 def probe_alone(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: Weights, value: ProbeValue,
-                tau: float) -> ProbeResult:
-    """The forgotten clients alone, one Flower round per SGD step, for ``probe.alone_max_steps`` steps."""
+                tau: float, mask: Mask | None = None) -> ProbeResult:
+    """The forgotten clients alone, one Flower round per SGD step, for ``probe.alone_max_steps`` steps
+    (a diluted model's ``mask`` held)."""
     metric = probe_metric(cfg)
     holders = sorted({c for h in ForgetSets.of(scorer.data, scorer.requests, cfg.seed).holders for c in h})
     steps = cfg.probe.alone_max_steps
@@ -103,7 +107,7 @@ def probe_alone(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights:
                                base_config=local_recipe(cfg), min_train_nodes=0, round_offset=PROBE_CLOCK,
                                holders=holders, requests=scorer.requests, lr=cfg.probe.alone_lr, steps=steps,
                                probe_id=uuid.uuid4().hex)
-    return relearning_probe(fed.watched("probe"), strategy, ArrayRecord(weights),
+    return relearning_probe(fed.watched("probe"), diluted(strategy, mask), ArrayRecord(weights),
                             lambda arrays: value(arrays.to_numpy_ndarrays()),
                             metric=metric, tau=tau, max_rounds=steps, timeout=fed.timeout, unit="steps")
 
@@ -128,11 +132,14 @@ class ProbeCache:
 
 def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, original: Weights,
                  models: dict[str, Weights], log=print, cache: ProbeCache | None = None,
-                 reference: Weights | None = None) -> dict[str, dict[str, ProbeResult]]:
+                 reference: Weights | None = None, masks: dict[str, Mask | None] | None = None
+                 ) -> dict[str, dict[str, ProbeResult]]:
     """Probe every model in every configured mode: {mode: {name: result}}; ``cache`` keeps finished ones.
 
     ``reference`` is the retrained model a task's forget metric may be normalised by (the
-    generative task's forget likelihood); the classification task's metrics do not read it.
+    generative task's forget likelihood); the classification task's metrics do not read it. A
+    diluted model relearns with its own mask held (``masks`` by model name: the one its folder
+    keeps, :func:`fedunlearn.dilution.load_mask`; a late retrain's is not the original's).
 
     A model with a server-side output filter is probed as its network: relearning trains the
     network, and the filter would hide the forget classes however much of them came back.
@@ -150,7 +157,8 @@ def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, origina
                 results[mode][name] = res
                 log(f"  probe [{mode}] {name}: already done with these settings, reusing it")
                 continue
-            res = (probe_all if mode == "all" else probe_alone)(fed, cfg, scorer, weights, value, tau)
+            res = (probe_all if mode == "all" else probe_alone)(fed, cfg, scorer, weights, value, tau,
+                                                                (masks or {}).get(name))
             results[mode][name] = res
             if cache:
                 cache.put(mode, name, res, log)
@@ -175,9 +183,10 @@ class ProbeJob:
     scorer: Scorer
     original: Weights
     models: dict[str, Weights]
+    masks: dict[str, Mask | None] = field(default_factory=dict)
 
     def run(self, fed: Federation, log=print) -> dict[str, dict[str, ProbeResult]]:
-        return probe_models(fed, self.cfg, self.scorer, self.original, self.models, log=log)
+        return probe_models(fed, self.cfg, self.scorer, self.original, self.models, log=log, masks=self.masks)
 
 
 def prepare_probe(run_dir: str | Path, request: ForgetRequest, metric: str, mode: str, max_rounds: int | None,
@@ -194,14 +203,16 @@ def prepare_probe(run_dir: str | Path, request: ForgetRequest, metric: str, mode
     except ConfigError as err:
         raise ConfigError(str(err).replace("probe.metric:", "--metric:").replace("probe.max_rounds:", "--max-rounds:")) from None
     original, _ = run.load_checkpoint()
-    models = {"original": original}
+    models, masks = {"original": original}, {"original": load_mask(run.path)}
     for path in model_dirs:
         model = RunDir(path)
         if not model.checkpoint.exists():
             raise ConfigError(f"--model: {path} holds no checkpoint/global.npz; pass a strategy folder "
                               "(e.g. RUN/forget-puf/strategies/puf) or a training run")
         models[Path(path).name], _ = model.load_checkpoint()
+        masks[Path(path).name] = load_mask(path)
     if not task_of(cfg).classifier:
         raise ConfigError(f"fedunlearn probe: the {cfg.task.name} task's probe metric is normalised by the retrained "
                           "model; probe it inside a comparison (fedunlearn run)")
-    return ProbeJob(cfg, task_of(cfg).scorer(cfg, federated_data(cfg.data, cfg.seed), [request]), original, models)
+    return ProbeJob(cfg, task_of(cfg).scorer(cfg, federated_data(cfg.data, cfg.seed), [request]), original, models,
+                    masks)

@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord
 from fedunlearn.arrays import Weights, all_finite
 from fedunlearn.config import ConfigError, ExperimentConfig
 from fedunlearn.data import federated_data
+from fedunlearn.dilution import Schedule
 from fedunlearn.evaluation import Scorer
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.provenance import Piece, training_settings
@@ -20,6 +21,7 @@ from fedunlearn.report.federation import draw_label_distribution
 from fedunlearn.results import RunDir, read_csv
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import RecordingFedAvg
+from fedunlearn.strategies.dilution import diluted
 
 
 @dataclass
@@ -53,7 +55,9 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, scorer:
     uninterrupted run, because every random choice is seeded by (seed, round, client). A folder
     computed with other settings is cleared and trained again, saying so. ``scorer`` evaluates
     every round (its forget set is the experiment's forgotten clients). A round that leaves NaN or
-    Inf in the weights or the loss stops training with ConfigError naming the learning rates.
+    Inf in the weights or the loss stops training with ConfigError naming the learning rates. A
+    diluted model's mask (:mod:`fedunlearn.dilution`) holds in every round once it exists and is
+    saved in ``out`` (late: made after round ``train.rounds − finetune_rounds``).
     """
     run = RunDir(out)
     piece = Piece(run.path, training_settings(cfg))
@@ -75,12 +79,14 @@ def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, scorer:
     store = open_store(cfg, run, resume and start > 0)
     t = cfg.train
     strategy = RecordingFedAvg.from_config(cfg, store, fed.node_of, range(cfg.data.num_clients))
+    dilution = Schedule.for_training(cfg, run.path, weights, start, log)  # the mask, saved in the run folder
     snapshot_rounds = {r.round for r in cfg.forget_requests()[:1]}
     arrays = ArrayRecord(weights)
     t0 = time.perf_counter()
     for rnd in range(start + 1, t.rounds + 1):
-        arrays, _ = fed.train_round(strategy, arrays, rnd, stage="training")
-        weights = arrays.to_numpy_ndarrays()
+        arrays, _ = fed.train_round(diluted(strategy, dilution.mask), arrays, rnd, stage="training")
+        weights = dilution.after_round(arrays.to_numpy_ndarrays(), rnd)  # late: pruned after its round
+        arrays = ArrayRecord(weights)
         rep = strategy.report
         if not (all_finite(weights) and math.isfinite(rep.train_loss)):
             what = "weights" if math.isfinite(rep.train_loss) else "clients' training loss"
