@@ -96,7 +96,9 @@ class DilutionConfig:
     0 keeps the model dense. ``mode = "early"`` draws the mask at random, seeded by the experiment
     seed, before training (the lottery-ticket setting); ``"late"`` prunes the trained weights by
     magnitude after round ``train.rounds − finetune_rounds`` and fine-tunes the remaining
-    ``finetune_rounds`` rounds with the mask held (``train.rounds`` stays the total).
+    ``finetune_rounds`` rounds with the mask held (``train.rounds`` stays the total); an early
+    mask ignores ``finetune_rounds`` (so a sweep over ``mode`` can keep one value) and its results'
+    record leaves it out.
     """
 
     sparsity: float = 0.0
@@ -110,8 +112,6 @@ class DilutionConfig:
                 f"must be 'early' (a random mask before training) or 'late' (magnitude pruning after training) "
                 f"(got {self.mode!r})")
         require(self.finetune_rounds >= 0, "finetune_rounds", f"must be >= 0 (got {self.finetune_rounds})")
-        require(self.mode == "late" or self.finetune_rounds == 0, "finetune_rounds",
-                f"applies to mode = 'late' only (got {self.finetune_rounds} with mode 'early'); set it to 0")
 
     @property
     def active(self) -> bool:

@@ -138,7 +138,6 @@ def test_the_dilution_table_is_not_a_model_settings_table():
     (["model.dilution.sparsity=-0.1"], "model.dilution.sparsity", "must be in [0, 1)"),
     (["model.dilution.mode='middle'"], "model.dilution.mode", "must be 'early'"),
     (["model.dilution.finetune_rounds=-1"], "model.dilution.finetune_rounds", "must be >= 0"),
-    (["model.dilution.finetune_rounds=2"], "model.dilution.finetune_rounds", "applies to mode = 'late' only"),
     (["model.dilution.sparsity=0.5", "model.dilution.mode='late'", "model.dilution.finetune_rounds=30"],
      "model.dilution.finetune_rounds", "must be < train.rounds = 30"),
     (["model.dilution.density=0.5"], "model.dilution.density", "unknown key"),
