@@ -95,6 +95,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fedunlearn.tasks import task_of
 
     cfg = for_seed(load_experiment(args.experiment, args.set))
+    if cfg.sweep:
+        raise ConfigError("sweep: fedunlearn train trains one experiment; run the sweep with fedunlearn run, or "
+                          "remove [sweep]")
     check_resources(cfg.simulation)
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.experiment).stem}-train"
     check_owned(out)  # a training run never clears files it did not write

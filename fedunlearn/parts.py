@@ -124,4 +124,5 @@ def load_experiment(path: str | Path | None, overrides: list[str] | None = None)
     """
     cfg = resolved(load_config(path, overrides))
     federated_data(for_seed(cfg).data, cfg.seed)
+    task_of(cfg).check(cfg, [])  # the task's own refusals, for training alone too (check_parts adds the strategies)
     return cfg

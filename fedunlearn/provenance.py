@@ -146,7 +146,7 @@ def training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
         data.pop("validation", None)
     if not cfg.data.binarize:
         data.pop("binarize", None)
-    task = {"task": _used(raw["task"], [cfg.task.name])} if cfg.task.name != "classification" else {}
+    task = {"task": task_record(raw["task"], cfg.task.name)} if cfg.task.name != "classification" else {}
     model = _used(raw["model"], [cfg.model.name])
     if cfg.model.dilution.active:  # a dense model's record stays as it was before the setting
         model["dilution"] = dilution_record(cfg)
@@ -154,6 +154,18 @@ def training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
             "model": model, "train": train,
             "store": {"history": cfg.store.history, "dtype": cfg.store.dtype},
             "forget": [request_record(r) for r in cfg.forget], **({"device": device} if device != "cpu" else {})}
+
+
+SCORING_ONLY = {"generative": ("samples", "burn_in")}  # settings read by summary metrics alone, recomputed on every run
+
+
+def task_record(section: dict[str, Any], name: str) -> dict[str, Any]:
+    """The task's section as a training record holds it: its own table without the settings only the
+    summary metrics read (every comparison recomputes those)."""
+    out = _used(section, [name])
+    if name in out:
+        out[name] = {k: v for k, v in out[name].items() if k not in SCORING_ONLY.get(name, ())}
+    return out
 
 
 def dilution_record(cfg: ExperimentConfig) -> dict[str, Any]:

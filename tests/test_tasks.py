@@ -12,7 +12,7 @@ import torch
 from fedunlearn.cli import main
 from fedunlearn.config import ConfigError, ForgetRequest, load_config
 from fedunlearn.data import federated_data
-from fedunlearn.parts import check_parts
+from fedunlearn.parts import check_parts, load_experiment
 from fedunlearn.strategies.fedavg import federation_spec
 from fedunlearn.tasks import probe_metric, task_of
 from fedunlearn.training import get_weights, set_weights, train_local
@@ -52,10 +52,11 @@ def test_a_classifier_probe_metric_is_refused_and_auto_resolves_per_task():
         check_parts(load_config(ROOT / "experiments/class.toml", ["probe.metric='forget_ll'"]))
 
 
-def test_generative_task_needs_an_energy_model():
-    cfg = generative("model.name='mlp'")
+def test_task_and_model_must_match_before_training():
     with pytest.raises(ConfigError, match="model.name: the generative task needs an energy model"):
-        task_of(cfg).scorer(cfg, federated_data(cfg.data, cfg.seed), cfg.forget_requests())
+        load_experiment(ROOT / "experiments/rbm.toml", [*TINY, "model.name='mlp'"])
+    with pytest.raises(ConfigError, match="model.name: 'rbm' is an energy model without class outputs"):
+        load_experiment(ROOT / "experiments/rbm.toml", [*TINY, "task.name='classification'", "probe.metric='auto'"])
 
 
 def test_binarize_makes_binary_data_and_clients_get_the_task():

@@ -8,6 +8,7 @@ never reported as the cap. The original model's delay is 0 by construction.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 LOSS_METRICS = {"forget_loss"}
@@ -35,15 +36,23 @@ class ProbeResult:
         return len(self.curve) - 1
 
     @property
+    def measurable(self) -> bool:
+        """False when the metric is undefined from the start (NaN: e.g. a normalised metric whose
+        original and reference do not differ, so there is nothing to relearn)."""
+        return not math.isnan(self.curve[0])
+
+    @property
     def delay(self) -> int | None:
         return next((i for i, v in enumerate(self.curve) if reaches(self.metric, v, self.tau)), None)
 
     @property
     def censored(self) -> bool:
-        return self.delay is None
+        return self.measurable and self.delay is None
 
     @property
     def delay_text(self) -> str:
+        if not self.measurable:
+            return "n/a"
         return f"> {self.cap}" if self.censored else str(self.delay)
 
     @property
@@ -54,6 +63,8 @@ class ProbeResult:
 
 def delay_ratio(model: ProbeResult, retrain: ProbeResult) -> tuple[float | None, str]:
     """delay(model) / delay(retrain) as (value, text); a bound ("≥ x", "≤ x") when one side is censored."""
+    if not (model.measurable and retrain.measurable):
+        return None, "n/a (not measurable)"
     if model.censored and retrain.censored:
         return None, "n/a (both censored)"
     if model.censored:

@@ -207,7 +207,12 @@ class Scorer(EvaluationSets):
         """The probe's forget metric of a model: ``backdoor`` ASR, ``forget_loss`` or ``forget_acc``."""
         if metric == "backdoor":
             return self.backdoor_asr
-        return (lambda w: self.forget(w)[1]) if metric == "forget_loss" else (lambda w: self.forget(w)[0])
+        if metric == "forget_loss":
+            return lambda w: self.forget(w)[1]
+        if metric == "forget_acc":
+            return lambda w: self.forget(w)[0]
+        raise ConfigError(f"probe.metric: {metric!r} does not apply to the classification task; use one of "
+                          f"auto, {', '.join(self.probe_metrics)}")
 
     def check_original(self, original: dict[str, float]) -> None:
         """Refuse to compare strategies on a model that holds nothing to forget (any request kind)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedunlearn.config import ConfigError
 from fedunlearn.data import federated_data
 from fedunlearn.flower.runtime import Federation, quiet_environment
 from fedunlearn.parts import for_seed, load_experiment
@@ -34,6 +35,9 @@ def _resolve(path: str) -> Path:
 def main(grid: Grid, context: Context) -> None:
     quiet_environment()
     cfg = load_experiment(_resolve(str(context.run_config["experiment"])))
+    if cfg.sweep:
+        raise ConfigError("sweep: a ServerApp runs one experiment; run the sweep with fedunlearn run, or remove "
+                          "[sweep]")
     out = Path(str(context.run_config["out"])).expanduser()
     fed = Federation(grid, cfg.data.num_clients, timeout=cfg.simulation.round_timeout_s,
                      max_failed_rounds=cfg.simulation.max_failed_rounds,

@@ -53,7 +53,7 @@ from fedunlearn.strategies.influence import (
     estimate_settings,
     retrain_estimate,
 )
-from fedunlearn.tasks import METRIC_COLUMNS, probe_metric, task_of
+from fedunlearn.tasks import METRIC_COLUMNS, TASK_METRICS, probe_metric, task_of
 
 SUMMARY_COLUMNS = ["strategy", "spec", "seed", "forgotten", "from_scratch", *METRIC_COLUMNS, "recovery_rounds",
                    "recovery_censored", "relearn_delay", "relearn_censored", "relearn_ratio_to_retrain", "relearn_auc", "relearn_unit",
@@ -89,10 +89,13 @@ def with_gaps(rows: list[dict]) -> list[dict]:
 
 
 def summary_columns(rows: list[dict]) -> list[str]:
-    """SUMMARY_COLUMNS (metric columns only of the rows' task), the extra probe modes' columns, the
-    influence estimate's when a row has them, the gaps."""
+    """SUMMARY_COLUMNS (the metric columns of the tasks whose metrics the rows hold, all of them even
+    before every metric is in), the extra probe modes' columns, the influence estimate's when a row
+    has them, the gaps."""
     present = {k for r in rows for k in r}
-    base = [c for c in SUMMARY_COLUMNS if c not in METRIC_COLUMNS or c in present]
+    mine = {m for metrics in TASK_METRICS.values() if present & set(metrics) - {"weight_dist_to_retrain"}
+            for m in metrics}
+    base = [c for c in SUMMARY_COLUMNS if c not in METRIC_COLUMNS or c in mine]
     extra = sorted({k for r in rows for k in r if k.startswith("relearn_") and k not in SUMMARY_COLUMNS})
     estimate = [c for c in ESTIMATE_COLUMNS if any(c in r for r in rows)]
     return base + extra + estimate + gap_columns(base)

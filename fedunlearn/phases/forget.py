@@ -32,7 +32,7 @@ from fedunlearn.config import (
 from fedunlearn.data import federated_data
 from fedunlearn.data.forget_sets import ForgetSets
 from fedunlearn.dilution import Mask, Schedule, run_mask, save_mask
-from fedunlearn.evaluation import Scorer
+from fedunlearn.evaluation.scorer import EvaluationSets
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
 from fedunlearn.parts import check_parts
@@ -40,6 +40,7 @@ from fedunlearn.results import RunDir, csv_text
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import StrategySpec, UnlearningContext, UnlearningError
 from fedunlearn.strategies.dilution import diluted
+from fedunlearn.tasks import task_of
 
 TRAJECTORY_COLUMNS = ["strategy", "round", "phase"]  # then the task's round metrics
 
@@ -119,7 +120,7 @@ class Timeline:
     """
 
     def __init__(self, fed: Federation, cfg: ExperimentConfig, spec: StrategySpec, snapshot: Snapshot,
-                 scorer: Scorer, store: PseudoGradientStore, retrain_test_acc: float | None = None, log=print) -> None:
+                 scorer: EvaluationSets, store: PseudoGradientStore, retrain_test_acc: float | None = None, log=print) -> None:
         self.fed, self.cfg, self.spec, self.snapshot, self.scorer = fed, cfg, spec, snapshot, scorer
         self.store, self.target, self.log = store, retrain_test_acc, log
         self.unlearner = spec.build()
@@ -225,7 +226,7 @@ class Timeline:
 
 
 def run_strategy(fed: Federation, cfg: ExperimentConfig, spec: StrategySpec, snapshot: Snapshot, out: str | Path,
-                 scorer: Scorer, retrain_test_acc: float | None = None, log=print) -> StrategyOutcome:
+                 scorer: EvaluationSets, retrain_test_acc: float | None = None, log=print) -> StrategyOutcome:
     """Run ``spec``'s whole timeline and write its trajectory, model and result to ``out``."""
     run = RunDir(out)
     store = PseudoGradientStore(run.store, cfg.store.history, int(cfg.store.ram_budget_mb * 2**20), cfg.store.dtype)
@@ -233,14 +234,14 @@ def run_strategy(fed: Federation, cfg: ExperimentConfig, spec: StrategySpec, sna
     outcome = timeline.run()
     if timeline.dilution.mask is not None:  # beside the model, before result.json marks it done (the probe reads it)
         save_mask(run.path, timeline.dilution.mask)
-    write_outcome(run, outcome)
+    write_outcome(run, outcome, scorer.round_columns)
     return outcome
 
 
-def write_outcome(run: RunDir, outcome: StrategyOutcome) -> None:
-    """Trajectory, final model and result of one strategy, each written atomically."""
-    columns = list(outcome.trajectory[0]) if outcome.trajectory else TRAJECTORY_COLUMNS
-    atomic_write_text(run.path / "trajectory.csv", csv_text(outcome.trajectory, columns))
+def write_outcome(run: RunDir, outcome: StrategyOutcome, round_columns: list[str]) -> None:
+    """Trajectory (its columns: the timeline's and the task's ``round_columns``), final model and result
+    of one strategy, each written atomically."""
+    atomic_write_text(run.path / "trajectory.csv", csv_text(outcome.trajectory, TRAJECTORY_COLUMNS + round_columns))
     run.save_checkpoint(outcome.weights, outcome.trajectory[-1]["round"] if outcome.trajectory else 0)
     atomic_write_text(run.path / "result.json", json.dumps(outcome.row(), indent=1))
 
@@ -252,7 +253,7 @@ class ForgetJob:
     cfg: ExperimentConfig
     spec: StrategySpec
     snapshot: Snapshot
-    scorer: Scorer
+    scorer: EvaluationSets
 
     def run(self, fed: Federation, out: Path, log=print) -> list[dict]:
         """The strategy's timeline; rows ``original`` and the strategy, with their metrics."""
@@ -290,7 +291,7 @@ def prepare_forget(run_dir: str | Path, request: ForgetRequest, strategy: str, r
     except ConfigError as err:
         raise ConfigError(str(err).replace("forgetting.strategies:", "--strategy:", 1)
                           .replace("set store.history = true", "train with --set store.history=true")) from None
-    scorer = Scorer(cfg, federated_data(cfg.data, cfg.seed), [request])
+    scorer = task_of(cfg).scorer(cfg, federated_data(cfg.data, cfg.seed), [request])
     store = PseudoGradientStore.load(run.store, int(cfg.store.ram_budget_mb * 2**20))
     snapshot = Snapshot(weights, last_round, store, store, scorer.initial_weights(), run_mask(cfg, run.path))
     return ForgetJob(cfg, spec, snapshot, scorer)

@@ -36,9 +36,9 @@ from fedunlearn.config import (
 from fedunlearn.data import federated_data
 from fedunlearn.data.forget_sets import ForgetSets, requests_json
 from fedunlearn.dilution import Mask, load_mask
-from fedunlearn.evaluation import Scorer
 from fedunlearn.evaluation.probe import ProbeResult, threshold
 from fedunlearn.evaluation.relearning import relearning_probe
+from fedunlearn.evaluation.scorer import EvaluationSets
 from fedunlearn.flower.client_app import client_seed
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
@@ -57,7 +57,7 @@ PROBE_COLUMNS = ["model", "step", "value", "threshold", "unit", "metric"]
 ProbeValue = Callable[[Weights], float]
 
 
-def probe_all(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: Weights, value: ProbeValue,
+def probe_all(fed: Federation, cfg: ExperimentConfig, scorer: EvaluationSets, weights: Weights, value: ProbeValue,
               tau: float, mask: Mask | None = None) -> ProbeResult:
     """FedAvg over every client for ``probe.max_rounds`` rounds (:func:`relearning_probe`, as any ServerApp);
     a diluted model relearns with its ``mask`` held."""
@@ -96,7 +96,7 @@ class ProbeAloneRound(RecordingFedAvg):
         return config
 
 
-def probe_alone(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, weights: Weights, value: ProbeValue,
+def probe_alone(fed: Federation, cfg: ExperimentConfig, scorer: EvaluationSets, weights: Weights, value: ProbeValue,
                 tau: float, mask: Mask | None = None) -> ProbeResult:
     """The forgotten clients alone, one Flower round per SGD step, for ``probe.alone_max_steps`` steps
     (a diluted model's ``mask`` held)."""
@@ -130,7 +130,7 @@ class ProbeCache:
         atomic_write_text(piece.path / "result.json", json.dumps(dataclasses.asdict(result)))
 
 
-def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: Scorer, original: Weights,
+def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: EvaluationSets, original: Weights,
                  models: dict[str, Weights], log=print, cache: ProbeCache | None = None,
                  reference: Weights | None = None, masks: dict[str, Mask | None] | None = None
                  ) -> dict[str, dict[str, ProbeResult]]:
@@ -180,7 +180,7 @@ class ProbeJob:
     """``fedunlearn probe``: a trained run's model as the original, and the models to probe against it."""
 
     cfg: ExperimentConfig
-    scorer: Scorer
+    scorer: EvaluationSets
     original: Weights
     models: dict[str, Weights]
     masks: dict[str, Mask | None] = field(default_factory=dict)
@@ -200,6 +200,7 @@ def prepare_probe(run_dir: str | Path, request: ForgetRequest, metric: str, mode
     raw = config_to_dict(dataclasses.replace(cfg, probe=probe, forget=[request]))
     try:
         cfg = config_from_dict(raw)  # re-validated with this command's settings
+        task_of(cfg).check(cfg, [])
     except ConfigError as err:
         raise ConfigError(str(err).replace("probe.metric:", "--metric:").replace("probe.max_rounds:", "--max-rounds:")) from None
     original, _ = run.load_checkpoint()

@@ -33,7 +33,7 @@ def literal(value: Any) -> str:
 
 def point_name(point: dict[str, Any]) -> str:
     """A point's folder name: ``key=value`` pairs in the sweep's order."""
-    return ",".join(f"{k}={v}" for k, v in point.items())
+    return ",".join(f"{k}={v}" for k, v in point.items()).replace("/", "_")  # a path value stays one folder
 
 
 def sweep_points(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:

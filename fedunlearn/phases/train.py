@@ -14,7 +14,7 @@ from fedunlearn.arrays import Weights, all_finite
 from fedunlearn.config import ConfigError, ExperimentConfig
 from fedunlearn.data import federated_data
 from fedunlearn.dilution import Schedule
-from fedunlearn.evaluation import Scorer
+from fedunlearn.evaluation.scorer import EvaluationSets
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.provenance import Piece, training_settings
 from fedunlearn.report.federation import draw_label_distribution
@@ -45,7 +45,7 @@ def label_distribution_title(cfg: ExperimentConfig) -> str:
             f"partition {cfg.data.partition}, seed {cfg.seed})")
 
 
-def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, scorer: Scorer, resume: bool = False,
+def train_phase(fed: Federation, cfg: ExperimentConfig, out: str | Path, scorer: EvaluationSets, resume: bool = False,
                 log=print) -> TrainResult:
     """Run ``cfg.train.rounds`` FedAvg rounds over every client, writing to the run folder ``out``.
 

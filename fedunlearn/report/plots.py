@@ -403,6 +403,9 @@ def generated_samples(out: Path, seed_dir: Path, shown: int = 36) -> Path:
                              gridspec_kw={"width_ratios": [1, 1.6]})
     for (ax_img, ax_hist), name in zip(axes, models, strict=True):
         images, labels = arrays[f"{name}/images"], arrays[f"{name}/labels"]
+        if images.ndim == 2:  # flat features: drawn as the squarest grid of them
+            h = next(d for d in range(int(math.isqrt(images.shape[1])), 0, -1) if images.shape[1] % d == 0)
+            images = images.reshape(len(images), h, images.shape[1] // h)
         h, w = images.shape[-2:]
         grid = np.ones((side * (h + 1), side * (w + 1)))
         for i, img in enumerate(images[:side * side]):

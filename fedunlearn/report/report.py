@@ -15,7 +15,8 @@ from fedunlearn.results import read_csv
 from fedunlearn.settings import ConfigError
 
 TABLE = ["test_acc", "retain_acc", "forget_acc", "forget_test_acc", "kept_acc", "mia_efficacy", "mia_nn",
-         "backdoor_asr", "avg_gap", "weight_dist_to_retrain", "pred_kl_to_retrain", "recovery_rounds", "relearn_delay",
+         "backdoor_asr", "test_ll", "forget_ll", "gap_forget_ll", "forget_gap", "free_energy_gap", "gen_forget_share",
+         "avg_gap", "weight_dist_to_retrain", "pred_kl_to_retrain", "recovery_rounds", "relearn_delay",
          "relearn_ratio_to_retrain", "relearn_auc", "client_epochs", "wall_s"]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 DEFAULT_COLUMNS = ["test_acc", "forget_acc", "forget_test_acc", "kept_acc", "backdoor_asr", "mia_efficacy", "mia_nn",
+                   "test_ll", "forget_ll", "gap_forget_ll", "forget_gap", "gen_forget_share",
                    "avg_gap", "recovery_rounds", "relearn_delay", "relearn_ratio_to_retrain", "client_epochs"]
 
 

@@ -22,7 +22,8 @@ TASKS: Registry = Registry("task", "task.name")
 TASKS.register("classification", ClassificationTask)
 TASKS.register("generative", GenerativeTask)
 
-METRIC_COLUMNS = [*METRICS, *GENERATIVE_METRICS]  # every built-in task's summary metrics, in report order
+TASK_METRICS = {"classification": list(METRICS), "generative": [*GENERATIVE_METRICS, "weight_dist_to_retrain"]}
+METRIC_COLUMNS = list(dict.fromkeys(m for ms in TASK_METRICS.values() for m in ms))  # in report order
 
 
 def task_part(cfg: TaskConfig) -> Part:
@@ -48,5 +49,5 @@ def probe_metric(cfg: ExperimentConfig) -> str:
     return cfg.probe.metric if cfg.probe.metric != "auto" else task_of(cfg).default_probe_metric(cfg)
 
 
-__all__ = ["METRIC_COLUMNS", "TASKS", "ClassificationTask", "GenerativeTask", "Task", "build_task", "probe_metric",
+__all__ = ["METRIC_COLUMNS", "TASKS", "TASK_METRICS", "ClassificationTask", "GenerativeTask", "Task", "build_task", "probe_metric",
            "task_of", "task_part"]

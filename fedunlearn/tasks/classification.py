@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedunlearn.config import ExperimentConfig, ForgetRequest
+from fedunlearn.config import ConfigError, ExperimentConfig, ForgetRequest
 from fedunlearn.data import FederatedData
 from fedunlearn.evaluation.scorer import Scorer
-from fedunlearn.tasks.base import Task
+from fedunlearn.tasks.base import Task, is_energy_model
 from fedunlearn.training import Objective, cross_entropy
 
 
@@ -22,6 +22,12 @@ class ClassificationTask(Task):
 
     def scorer(self, cfg: ExperimentConfig, data: FederatedData, requests: Sequence[ForgetRequest] = ()) -> Scorer:
         return Scorer(cfg, data, requests)
+
+    def check(self, cfg: ExperimentConfig, parts) -> None:
+        super().check(cfg, parts)
+        if is_energy_model(cfg):
+            raise ConfigError(f"model.name: {cfg.model.name!r} is an energy model without class outputs; set "
+                              "task.name = \"generative\" or choose a classifier")
 
     def default_probe_metric(self, cfg: ExperimentConfig) -> str:
         """``backdoor`` (attack success rate) when the experiment has a trigger, else ``forget_acc``."""

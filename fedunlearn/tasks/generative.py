@@ -13,6 +13,7 @@ watches the normalised forget likelihood r(M) = (LL_F(M) − LL_F(ref)) / (LL_F(
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,12 +39,12 @@ from fedunlearn.rbm import (
     sample,
 )
 from fedunlearn.settings import build, require
-from fedunlearn.tasks.base import Task
+from fedunlearn.tasks.base import Task, is_energy_model
 from fedunlearn.training import Objective, set_weights
 
 GENERATIVE_METRICS = ["test_ll", "val_ll", "retain_ll", "forget_ll", "kept_ll", "forget_test_ll", "forget_gap",
                       "free_energy_gap", "gen_forget_share", "gen_entropy", "aux_test_acc"]
-SAMPLE_STREAM = 0x5A3  # the generated samples' stream, apart from every client's
+SAMPLE_STREAM, AIS_STREAM = 0x5A3, 0xA15  # the generated samples' and AIS's streams, apart from every other
 
 
 @dataclass
@@ -92,9 +93,17 @@ class GenerativeTask(Task):
 
     def check(self, cfg: ExperimentConfig, parts) -> None:
         super().check(cfg, parts)
+        if not is_energy_model(cfg):
+            raise ConfigError(f"model.name: the generative task needs an energy model with free_energy (rbm), "
+                              f"{cfg.model.name!r} has none; set model.name = \"rbm\"")
         if cfg.data.binarize <= 0:
             raise ConfigError("data.binarize: the generative task models binary data; set data.binarize = 0.5 "
                               "(digits: pixel >= 8 of 16)")
+
+
+def stream(seed: int, name: int) -> int:
+    """The seed of one of the scorer's random streams (AIS, generated samples), apart from the model's init."""
+    return int(np.random.SeedSequence([seed, name]).generate_state(1)[0])
 
 
 @functools.lru_cache(maxsize=4)
@@ -113,15 +122,12 @@ class GenerativeScorer(EvaluationSets):
     """Log-likelihoods, free energies and generated samples of energy models on the evaluation sets."""
 
     round_columns = ["test_ll", "forget_ll", "forget_gap"]
-    probe_metrics = GenerativeTask.probe_metrics
 
     def __init__(self, cfg: ExperimentConfig, data: FederatedData, requests: Sequence[ForgetRequest],
                  settings: GenerativeSettings) -> None:
         super().__init__(cfg, data, requests, calibration=False)
-        if not hasattr(self.model, "free_energy"):
-            raise ConfigError(f"model.name: the generative task needs an energy model with free_energy (rbm), "
-                              f"{cfg.model.name!r} has none; set model.name = \"rbm\"")
         self.settings = settings
+        self._generated: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # -- likelihoods ----------------------------------------------------------------------
     def log_z(self, weights: Weights) -> float:
@@ -129,7 +135,7 @@ class GenerativeScorer(EvaluationSets):
         set_weights(self.model, weights)
         if self.model.hidden <= self.settings.exact_max_hidden:
             return log_partition_exact(self.model)
-        draws = torch.Generator().manual_seed(self.cfg.seed)
+        draws = torch.Generator().manual_seed(stream(self.cfg.seed, AIS_STREAM))
         base = torch.from_numpy(np.concatenate([c.x_train for c in self.data.clients]))
         return log_partition_ais(self.model, runs=self.settings.ais_runs, steps=self.settings.ais_steps,
                                  generator=draws, base_visible_bias=base_rate_visible_bias(base))
@@ -142,6 +148,7 @@ class GenerativeScorer(EvaluationSets):
             return float(log_likelihood(self.model, torch.from_numpy(x), log_z).mean())
 
     def mean_free_energy(self, x: np.ndarray) -> float:
+        """Mean F(v) over ``x`` under the model's current weights (NaN for no rows)."""
         if len(x) == 0:
             return float("nan")
         with torch.no_grad():
@@ -171,10 +178,15 @@ class GenerativeScorer(EvaluationSets):
 
     def generated(self, weights: Weights) -> tuple[np.ndarray, np.ndarray]:
         """``samples`` generated images (Gibbs chains from uniform random states, seeded) and their
-        auxiliary-classifier labels."""
+        auxiliary-classifier labels; kept per weights (the summary and the samples figure read them)."""
+        key = hashlib.sha1(b"".join(np.ascontiguousarray(w).tobytes() for w in weights)).hexdigest()
+        if key not in self._generated:
+            self._generated[key] = self._generate(weights)
+        return self._generated[key]
+
+    def _generate(self, weights: Weights) -> tuple[np.ndarray, np.ndarray]:
         set_weights(self.model, weights)
-        draws = torch.Generator().manual_seed(int(np.random.SeedSequence([self.cfg.seed, SAMPLE_STREAM])
-                                                  .generate_state(1)[0]))
+        draws = torch.Generator().manual_seed(stream(self.cfg.seed, SAMPLE_STREAM))
         v = sample(self.model, self.settings.samples, self.settings.burn_in, draws).numpy().astype(np.float32)
         clf, _ = auxiliary_classifier(data_key(self.cfg.data, self.cfg.seed))
         return v.reshape(len(v), *self.data.input_shape), clf.predict(v).astype(np.int64)
@@ -199,9 +211,8 @@ class GenerativeScorer(EvaluationSets):
         return self.mean_ll(self.x_val if self.has_validation else self.x_test, self.log_z(weights))
 
     def evaluate(self, weights: Weights, reference: Weights) -> dict[str, float]:
-        """The summary metrics and the relative weight distance to the reference."""
-        return {**self.summary_metrics(weights),
-                "weight_dist_to_retrain": relative_distance(weights, reference, self.num_arrays)}
+        """What the summary metrics do not hold already: the relative weight distance to the reference."""
+        return {"weight_dist_to_retrain": relative_distance(weights, reference, self.num_arrays)}
 
     def calibrate(self, original: Weights) -> None:
         """Nothing to calibrate: class similarity is a classifier's."""
@@ -210,10 +221,14 @@ class GenerativeScorer(EvaluationSets):
         raise ConfigError("forgetting.strategies: class similarity needs a classifier; the generative task has none")
 
     def probe_value(self, metric: str, original: Weights, reference: Weights) -> Callable[[Weights], float]:
-        """The normalised forget likelihood r(M): 0 at the reference, 1 at the original."""
+        """The normalised forget likelihood r(M): 0 at the reference, 1 at the original; NaN throughout
+        when the original's forget log-likelihood is not above the reference's by probe.alpha (relative):
+        then nothing was forgotten and a delay would measure noise."""
         at_original, at_reference = self.forget_ll(original), self.forget_ll(reference)
         span = at_original - at_reference
-        return lambda w: (self.forget_ll(w) - at_reference) / span if span != 0 else float("nan")
+        if span <= self.cfg.probe.alpha * abs(at_original):
+            return lambda w: float("nan")
+        return lambda w: (self.forget_ll(w) - at_reference) / span
 
     def check_original(self, original: dict[str, float]) -> None:
         """Refuse an original that learnt nothing: its test log-likelihood must beat the initial model's by 1 nat."""
