@@ -397,6 +397,7 @@ def generated_samples(out: Path, seed_dir: Path, shown: int = 36) -> Path:
     the auxiliary classifier gives all of them (``seed-S/samples.npz``, written by the comparison)."""
     with np.load(seed_dir / "samples.npz") as z:
         arrays = {k: z[k] for k in z.files}
+    forgotten = set(arrays.pop("forget_classes", np.zeros(0, np.int64)).tolist())
     models = list(dict.fromkeys(k.split("/")[0] for k in arrays))
     side = int(math.ceil(math.sqrt(shown)))
     fig, axes = plt.subplots(len(models), 2, figsize=(8.5, 2.6 * len(models)), squeeze=False,
@@ -416,13 +417,15 @@ def generated_samples(out: Path, seed_dir: Path, shown: int = 36) -> Path:
         ax_img.set_yticks([])
         ax_img.set_ylabel(name, fontsize=9)
         counts = np.bincount(labels, minlength=10) / len(labels)
-        ax_hist.bar(np.arange(len(counts)), counts, color="tab:blue")
+        ax_hist.bar(np.arange(len(counts)), counts,
+                    color=["tab:red" if c in forgotten else "tab:blue" for c in range(len(counts))])
         ax_hist.set_xticks(np.arange(len(counts)))
         ax_hist.set_ylim(0, 1)
         ax_hist.set_ylabel("share of samples")
         ax_hist.grid(axis="y", alpha=0.3)
     axes[0, 0].set_title(f"{min(shown, len(images))} of {len(images)} generated samples", fontsize=9)
-    axes[0, 1].set_title("class of every generated sample (auxiliary classifier)", fontsize=9)
+    axes[0, 1].set_title("class of every generated sample (auxiliary classifier)"
+                         + ("; forgotten class(es) in red" if forgotten else ""), fontsize=9)
     axes[-1, 1].set_xlabel("class")
     fig.suptitle(f"Generated samples per model ({seed_dir.name}; Gibbs chains from random states: a picture, "
                  "not the headline)", fontsize=10)

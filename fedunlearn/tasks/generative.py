@@ -249,7 +249,7 @@ class GenerativeScorer(EvaluationSets):
 
     def write_artifacts(self, models: dict[str, Weights], out: Path) -> None:
         """Every model's generated samples and their auxiliary labels to ``out/samples.npz`` (the report's grid)."""
-        arrays = {}
+        arrays = {"forget_classes": np.asarray(self.forget_classes, dtype=np.int64)}
         for name, weights in models.items():
             arrays[f"{name}/images"], arrays[f"{name}/labels"] = self.generated(weights)
         atomic_savez(out / "samples.npz", **arrays)
