@@ -103,6 +103,11 @@ def test_a_model_without_the_class_scores_the_class_lower_and_the_probe_value_is
     assert scorer.forget_ll(reference) < scorer.forget_ll(original) - 1  # the forget gap separates
     value = scorer.probe_value("forget_ll", original, reference)
     assert value(original) == pytest.approx(1) and value(reference) == pytest.approx(0)
+    assert np.isnan(scorer.probe_value("forget_ll", original, original)(reference))  # nothing to relearn: n/a
+    from fedunlearn.evaluation.probe import ProbeResult, delay_ratio
+    unmeasurable = ProbeResult("forget_ll", "rounds", [float("nan")] * 4, float("nan"))
+    assert unmeasurable.delay_text == "n/a" and not unmeasurable.censored
+    assert delay_ratio(unmeasurable, ProbeResult("forget_ll", "rounds", [0.0, 0.5, 1.0], 0.95))[1] == "n/a (not measurable)"
     scorer.check_separation("forget_ll", original, reference)
     with pytest.raises(ConfigError, match="forgetting.check_separation: the retrained model's forget"):
         scorer.check_separation("forget_ll", original, original)
