@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedunlearn.config import config_to_dict, load_config, to_toml
 from fedunlearn.flower.compat import server_task_identity
@@ -31,3 +32,13 @@ def trained_run(tmp_path) -> Path:
     run.save_checkpoint([], 30)
     PseudoGradientStore(run.store).save()
     return run.path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small float64 products in Python loops: one torch thread is far faster than two on a loaded
+    2-core machine (~50x measured); the module's tests run with one, then the count is restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -32,13 +32,7 @@ HIDDEN_STATES = [(0, 0), (0, 1), (1, 0), (1, 1)]
 VISIBLE_STATES = list(itertools.product([0, 1], repeat=3))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny products in Python loops: one thread is far faster than two on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def hand_rbm(dtype=torch.float64) -> RBM:

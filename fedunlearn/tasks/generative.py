@@ -160,15 +160,16 @@ class GenerativeScorer(EvaluationSets):
     # -- the scorer interface -------------------------------------------------------------
     def round_metrics(self, weights: Weights) -> dict[str, float]:
         """Test and forget log-likelihood and the forget gap."""
-        log_z = self.log_z(weights)
+        return self._round_metrics(self.log_z(weights))
+
+    def _round_metrics(self, log_z: float) -> dict[str, float]:
         test, forget = self.mean_ll(self.x_test, log_z), self.mean_ll(self.x_forget, log_z)
         return {"test_ll": test, "forget_ll": forget, "forget_gap": forget - test}
 
     def summary_metrics(self, weights: Weights) -> dict[str, float]:
         """Round metrics, the other sets' log-likelihoods, the free-energy gap and the generated-class share."""
         log_z = self.log_z(weights)
-        out = {"test_ll": self.mean_ll(self.x_test, log_z), "forget_ll": self.mean_ll(self.x_forget, log_z)}
-        out["forget_gap"] = out["forget_ll"] - out["test_ll"]
+        out = self._round_metrics(log_z)
         out.update({"val_ll": self.mean_ll(self.x_val, log_z), "retain_ll": self.mean_ll(self.x_retain, log_z),
                     "kept_ll": self.mean_ll(self.x_kept, log_z),
                     "forget_test_ll": self.mean_ll(self.x_forget_test, log_z),
