@@ -206,11 +206,17 @@ def original_model(training: str, cfg: ExperimentConfig) -> str:
     return fingerprint({"training": training, "rounds": cfg.train.rounds})
 
 
-def probe_settings(cfg: ExperimentConfig, mode: str, model: str, original: str) -> dict[str, Any]:
+def probe_settings(cfg: ExperimentConfig, mode: str, model: str, original: str,
+                   reference: str | None = None) -> dict[str, Any]:
     """What one model's probe in ``mode`` depends on: the model, the original (its threshold), the
-    probe settings that mode reads, and the training recipe (inside the original's fingerprint)."""
+    probe settings that mode reads, and the training recipe (inside the original's fingerprint).
+
+    ``reference`` is the reference model's fingerprint when the probe's metric is normalised by it
+    (the generative task's forget likelihood): the original's own fingerprint does not hold it.
+    """
     probe = {"metric": probe_metric(cfg), "alpha": cfg.probe.alpha,
              **{k: getattr(cfg.probe, k) for k in PROBE_KEYS[mode]}}
     if mode == "alone":  # a probe simulated on the server (before the alone mode ran as Flower rounds) is not reused
         probe["runs"] = "one Flower round per SGD step"
-    return {"mode": mode, "model": model, "original": original, "probe": probe}
+    out = {"mode": mode, "model": model, "original": original, "probe": probe}
+    return out if reference is None else {**out, "reference": reference}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from fedunlearn.cli import main
 from fedunlearn.config import ConfigError, ForgetRequest, load_config
 from fedunlearn.data import federated_data
 from fedunlearn.parts import check_parts, load_experiment
+from fedunlearn.phases.compare import SeedPieces
+from fedunlearn.strategies import resolve_strategies
 from fedunlearn.strategies.fedavg import federation_spec
 from fedunlearn.tasks import probe_metric, task_of
 from fedunlearn.training import get_weights, set_weights, train_local
@@ -142,3 +145,17 @@ def test_a_generative_comparison_runs_end_to_end(tmp_path):
     assert "test_acc" not in rows["retrain"] and "mia_efficacy" not in rows["retrain"]
     assert float(rows["retrain"]["gap_forget_ll"]) == 0 and rows["retrain"]["relearn_ratio_to_retrain"] == "1.00"
     assert (out / "plots" / "generated_samples.png").exists() and (out / "plots" / "likelihood_over_rounds.png").exists()
+
+
+@pytest.mark.parametrize("config, normalised", [("rbm.toml", True), ("class.toml", False)])
+def test_a_probe_normalised_by_the_reference_is_stale_once_the_reference_changes(tmp_path, config, normalised):
+    """The generative probe's r(M) is 0 at the reference, so the original's probe is recomputed when the
+    reference changes; a classifier's probe reads no reference and keeps its pieces."""
+    overrides = [*TINY] if config == "rbm.toml" else ["data.num_clients=3", "train.rounds=2"]
+    cfg = load_config(ROOT / "experiments" / config, [*overrides, "forgetting.strategies=['retrain', 'puf']"])
+    specs = resolve_strategies(cfg)
+    relabelled = [dataclasses.replace(specs[0], label="exact"), *specs[1:]]
+    before, after = (SeedPieces.of(cfg, s, tmp_path) for s in (specs, relabelled))
+    assert before.strategies["retrain"].fingerprint != after.strategies["exact"].fingerprint
+    original = [p.probes["all", "original"].fingerprint for p in (before, after)]
+    assert (original[0] != original[1]) == normalised

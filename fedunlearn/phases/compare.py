@@ -171,7 +171,9 @@ class SeedPieces:
                                            strategy_settings(cfg, spec, train.fingerprint, reference.fingerprint))
         original = original_model(train.fingerprint, cfg)
         models = {"original": original, **{k: p.fingerprint for k, p in strategies.items()}}
-        probes = {(mode, name): Piece(seed_dir / "probe" / mode / name, probe_settings(cfg, mode, fp, original))
+        normalised = probe_metric(cfg) in task_of(cfg).normalised_probe_metrics
+        by = reference.fingerprint if normalised else None
+        probes = {(mode, name): Piece(seed_dir / "probe" / mode / name, probe_settings(cfg, mode, fp, original, by))
                   for mode in (cfg.probe.modes if cfg.probe.enabled else []) for name, fp in models.items()}
         return cls(train, strategies, probes)
 

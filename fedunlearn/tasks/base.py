@@ -33,10 +33,14 @@ class Task:
         Whether models output class scores, so that parts declaring ``needs_classifier`` apply.
     probe_metrics
         The forget metrics the relearning probe may watch on this task.
+    normalised_probe_metrics
+        Those of ``probe_metrics`` whose value is normalised by the reference model (retrain), so
+        that a finished probe is stale once the reference changes.
     """
 
     classifier: bool = True
     probe_metrics: tuple[str, ...] = ()
+    normalised_probe_metrics: tuple[str, ...] = ()
 
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings

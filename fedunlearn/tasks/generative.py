@@ -80,6 +80,7 @@ class GenerativeTask(Task):
 
     classifier = False
     probe_metrics = ("forget_ll",)
+    normalised_probe_metrics = ("forget_ll",)  # r(M) = 0 at the reference
     Settings = GenerativeSettings
 
     def objective(self, seed: int) -> Objective:
