@@ -13,9 +13,10 @@ training samples and a forget set S:
 * dual (kernel): α solves (nλ I + Λ𝐊) α = v, 𝐊 = 𝐉𝐉ᵀ (nC × nC) built in blocks of samples,
   Δθ = 𝐉ᵀ α by one vjp per block, Δf(x) = K(x, X) α.
 
-Every function works on any ``torch.nn.Module`` without buffers (the model registry's) through
-``torch.func.functional_call``: the module is never modified, its parameters are replaced by the
-flat vector given (float64 by default: the linear algebra is done in double precision).
+Every function works on any ``torch.nn.Module`` without buffers (the model registry's; the strategy
+refuses one with buffers) through ``torch.func.functional_call``: the module is never modified, its
+parameters are replaced by the flat vector given (float64 by default: the linear algebra is done in
+double precision).
 """
 
 from __future__ import annotations

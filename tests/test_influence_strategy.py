@@ -118,6 +118,14 @@ def test_settings_are_checked(setting, message):
     assert "\n" not in str(err.value)
 
 
+def test_a_model_with_buffers_is_refused_before_training():
+    with pytest.raises(ConfigError, match=re.escape("forgetting.strategies: influence needs a model without "
+                                                    "buffers, and model.name = 'tests.parts.lab:batchnorm_mlp' "
+                                                    "has 2.running_mean, 2.running_var, 2.num_batches_tracked")):
+        check_comparison(load_experiment(DEFAULT, [*TINY, REQUESTS["client"],
+                                                   "model.name='tests.parts.lab:batchnorm_mlp'"]))
+
+
 def test_recovery_setting_makes_it_recover():
     assert not Influence().recovers and Influence(InfluenceSettings(recovery=True)).recovers
     assert torch.is_tensor(flat_params(torch.nn.Linear(2, 2)))

@@ -36,7 +36,7 @@ from flwr.serverapp import Grid
 from fedunlearn.arrays import Weights
 from fedunlearn.clients.influence import HVP, LOSSGRAD, VECTOR
 from fedunlearn.config import ExperimentConfig, ForgetRequest
-from fedunlearn.data import federated_data
+from fedunlearn.data import federated_data, source_dataset
 from fedunlearn.data.forget_sets import ForgetSets, forget_indices, kept_indices, requests_json
 from fedunlearn.influence import (
     conjugate_gradient,
@@ -292,6 +292,16 @@ class Influence(Unlearner):
         self.recovers = bool(self.settings.recovery)
         self.delta: torch.Tensor | None = None
         self.result = None
+
+    def refuses(self, cfg: ExperimentConfig) -> str:
+        data = source_dataset(cfg.data, cfg.seed)
+        buffers = [name for name, _ in build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
+                   .named_buffers()]
+        if buffers:  # functional_call replaces parameters only: a buffer's state would be left out of H
+            return (f"needs a model without buffers, and model.name = {cfg.model.name!r} has "
+                    f"{', '.join(buffers[:3])}{' ...' if len(buffers) > 3 else ''} (e.g. BatchNorm statistics; "
+                    "use GroupNorm or LayerNorm)")
+        return super().refuses(cfg)
 
     def unlearn(self, ctx: UnlearningContext) -> Weights:
         if ctx.request is None:

@@ -56,6 +56,12 @@ def tiny_mlp(input_shape: tuple[int, ...], num_classes: int, settings: TinySetti
 tiny_mlp.Settings = TinySettings
 
 
+def batchnorm_mlp(input_shape: tuple[int, ...], num_classes: int, settings: None) -> nn.Module:
+    """Flatten -> Linear(8) -> BatchNorm1d -> ReLU -> Linear(classes): a model with buffers."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), 8), nn.BatchNorm1d(8), nn.ReLU(),
+                         nn.Linear(8, num_classes))
+
+
 @dataclass
 class ShrinkSettings:
     factor: float = 0.5
