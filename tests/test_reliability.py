@@ -159,6 +159,16 @@ def test_training_that_diverges_stops_naming_the_learning_rate(tmp_path):
         train_phase(local_federation(4), cfg, tmp_path / "t", scorer, log=lambda *_: None)
 
 
+def test_a_probe_that_diverges_stops_naming_its_learning_rate(tmp_path):
+    """A NaN model's forget metric never reaches the threshold: it must not read as "never relearnt"."""
+    cfg = tiny("probe.alone_lr=1e30", "probe.alone_max_steps=5", "probe.modes=['alone']", "train.rounds=1",
+               "forgetting.strategies=['retrain']")
+    with pytest.raises(ConfigError, match=r"^probe.alone_lr: the alone probe of original left NaN or Inf in the "
+                                          r"weights after \d steps \(probe.alone_lr = 1e\+30\); lower probe.alone_lr"):
+        compare(local_federation(4, log=lambda *_: None), cfg, tmp_path / "cmp", log=lambda *_: None)
+    assert not (tmp_path / "cmp" / "seed-0" / "probe" / "alone" / "original" / "result.json").exists()
+
+
 def fail_client_1(pid, msg):
     if pid == 1:
         msg.content["config"]["local-epochs"] = "not-a-number"
