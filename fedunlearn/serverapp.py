@@ -11,14 +11,20 @@ Flower's conventions (a train reply holds one ArrayRecord and a MetricRecord wit
   aggregate, or in its clients' local steps;
 * :class:`FeasibleUpdateMask`: feasible-update masking of an unlearning round;
   :class:`WithClientConfig`: settings added to every train message (augmentation);
-* :func:`relearning_probe`, :func:`evaluate_on_nodes`, :func:`node_metrics`, :func:`threshold`:
+* :func:`relearning_probe` (:class:`ProbeDivergedError` when relearning diverges), :func:`evaluate_on_nodes`,
+  :func:`node_metrics`, :func:`threshold`:
   the relearning-delay probe on a grid, measured where the forget data lives;
 * :func:`write_comparison`: the results in the layout ``fedunlearn report`` and
   :func:`~fedunlearn.report.draw_all` read.
 """
 
 from fedunlearn.evaluation.probe import ProbeResult, threshold
-from fedunlearn.evaluation.relearning import evaluate_on_nodes, node_metrics, relearning_probe
+from fedunlearn.evaluation.relearning import (
+           ProbeDivergedError,
+           evaluate_on_nodes,
+           node_metrics,
+           relearning_probe,
+)
 from fedunlearn.phases.compare import write_comparison
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies.fedavg import RecordingFedAvg, TooFewClientsError, wait_for_nodes
@@ -28,5 +34,5 @@ from fedunlearn.strategies.puf import PUFRound
 from fedunlearn.strategies.wrapping import WithClientConfig
 
 __all__ = ["FeasibleUpdateMask", "IEUClientSide", "IEUServerSide", "ProbeResult", "PUFRound", "PseudoGradientStore", "RecordingFedAvg", "TooFewClientsError",
-           "WithClientConfig", "evaluate_on_nodes", "node_metrics", "relearning_probe", "threshold", "wait_for_nodes",
+           "ProbeDivergedError", "WithClientConfig", "evaluate_on_nodes", "node_metrics", "relearning_probe", "threshold", "wait_for_nodes",
            "write_comparison"]

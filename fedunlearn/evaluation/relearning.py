@@ -15,7 +15,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedunlearn.arrays import all_finite
 from fedunlearn.evaluation.probe import ProbeResult
+
+
+class ProbeDivergedError(RuntimeError):
+    """Relearning left NaN or Inf in the weights after ``rounds`` (in ``unit``): a diverged model's metric
+    would never reach τ and read as the longest delay, so the probe stops instead."""
+
+    def __init__(self, rounds: int, unit: str = "rounds") -> None:
+        super().__init__(f"relearning left NaN or Inf in the weights after {rounds} {unit}")
+        self.rounds, self.unit = rounds, unit
 
 
 def relearning_probe(grid: Grid, strategy: Strategy, arrays: ArrayRecord, forget_metric: Callable[[ArrayRecord], float],
@@ -47,10 +57,17 @@ def relearning_probe(grid: Grid, strategy: Strategy, arrays: ArrayRecord, forget
     -------
     ProbeResult
         The curve (index 0 before any round), the threshold and the delay in ``unit``.
+
+    Raises
+    ------
+    ProbeDivergedError
+        When a round leaves NaN or Inf in the weights (lower the learning rate it relearns with).
     """
     curve: list[float] = []
 
     def evaluate_fn(server_round: int, current: ArrayRecord) -> MetricRecord:
+        if not all_finite(current.to_numpy_ndarrays()):
+            raise ProbeDivergedError(server_round, unit)
         curve.append(float(forget_metric(current)))
         return MetricRecord({metric: curve[-1]})
 

@@ -14,7 +14,6 @@ randomness.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord
 
-from fedunlearn.arrays import Weights, all_finite
+from fedunlearn.arrays import Weights
 from fedunlearn.class_unlearning import split_filter
 from fedunlearn.config import (
     ConfigError,
@@ -38,7 +37,7 @@ from fedunlearn.data import federated_data
 from fedunlearn.data.forget_sets import ForgetSets, requests_json
 from fedunlearn.dilution import Mask, load_mask
 from fedunlearn.evaluation.probe import ProbeResult, threshold
-from fedunlearn.evaluation.relearning import relearning_probe
+from fedunlearn.evaluation.relearning import ProbeDivergedError, relearning_probe
 from fedunlearn.evaluation.scorer import EvaluationSets
 from fedunlearn.flower.client_app import client_seed
 from fedunlearn.flower.runtime import Federation
@@ -57,24 +56,6 @@ PROBE_COLUMNS = ["model", "step", "value", "threshold", "unit", "metric"]
 
 ProbeValue = Callable[[Weights], float]
 PROBE_LR = {"all": "train.lr", "alone": "probe.alone_lr"}  # the step size each mode relearns with
-
-
-def finite_only(value: ProbeValue, cfg: ExperimentConfig, mode: str, name: str) -> ProbeValue:
-    """``value``, refusing weights with NaN or Inf: a relearning run that diverged must not read as a
-    model that never relearnt (its forget metric would stay below the threshold for ever)."""
-    setting = PROBE_LR[mode]
-    lr = cfg.train.lr if mode == "all" else cfg.probe.alone_lr
-    steps = itertools.count()
-
-    def checked(weights: Weights) -> float:
-        step = next(steps)
-        if not all_finite(weights):
-            raise ConfigError(f"{setting}: the {mode} probe of {name} left NaN or Inf in the weights after "
-                              f"{step} {'rounds' if mode == 'all' else 'steps'} ({setting} = {lr:g}); lower "
-                              f"{setting} so relearning does not diverge")
-        return value(weights)
-
-    return checked
 
 
 def probe_all(fed: Federation, cfg: ExperimentConfig, scorer: EvaluationSets, weights: Weights, value: ProbeValue,
@@ -177,9 +158,15 @@ def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: EvaluationSets,
                 results[mode][name] = res
                 log(f"  probe [{mode}] {name}: already done with these settings, reusing it")
                 continue
-            res = (probe_all if mode == "all" else probe_alone)(fed, cfg, scorer, weights,
-                                                                finite_only(value, cfg, mode, name), tau,
-                                                                (masks or {}).get(name))
+            try:
+                res = (probe_all if mode == "all" else probe_alone)(fed, cfg, scorer, weights, value, tau,
+                                                                    (masks or {}).get(name))
+            except ProbeDivergedError as err:
+                setting = PROBE_LR[mode]
+                lr = cfg.train.lr if mode == "all" else cfg.probe.alone_lr
+                raise ConfigError(f"{setting}: the {mode} probe of {name} left NaN or Inf in the weights after "
+                                  f"{err.rounds} {err.unit} ({setting} = {lr:g}); lower {setting} so relearning "
+                                  "does not diverge") from None
             results[mode][name] = res
             if cache:
                 cache.put(mode, name, res, log)
