@@ -49,3 +49,8 @@ def node_reply(node_id: int, num_examples: int, weights: dict[str, np.ndarray], 
 def error_reply(partition_id: int, reason: str = "ClientApp raised") -> Message:
     """An error reply, as the Simulation Engine returns when a ClientApp raises."""
     return Message(Error(code=0, reason=reason), metadata=_metadata(100 + partition_id))
+
+
+def reply_with(partition_id: int, content: RecordDict) -> Message:
+    """A train reply without an error whose content is ``content`` as given (possibly malformed)."""
+    return Message(content, metadata=_metadata(100 + partition_id))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
+from fedunlearn.flower.runtime import ClientFailureError, FailureWatch
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import RecordingFedAvg, TooFewClientsError
-from tests.mocks import error_reply, train_reply
+from tests.mocks import error_reply, reply_with, train_reply
 
 GLOBAL = [np.array([1.0, 2.0, 3.0], dtype=np.float32), np.array([[0.5, -0.5]], dtype=np.float32)]
 
@@ -82,6 +83,28 @@ def test_failures_are_counted_and_the_round_goes_on_above_the_minimum():
     assert metrics["failures"] == 1 and metrics["clients"] == 2
     assert "boom" in s.report.failures[0]
     assert s.report.succeeded == [0, 2]
+
+
+def test_a_reply_shaped_unlike_the_model_is_a_failure_not_a_broadcast_delta():
+    s = make_strategy(min_train_nodes=2)
+    configured(s)
+    wrong = [np.ones(1, np.float32), np.ones((1, 2), np.float32)]  # numpy would broadcast (1,) against (3,)
+    _, metrics = s.aggregate_train(1, [train_reply(0, 10, client_weights(0)), train_reply(1, 10, wrong),
+                                       train_reply(2, 10, client_weights(2))])
+    assert metrics["failures"] == 1 and s.report.succeeded == [0, 2]
+    assert s.report.failures == ["client 1: reply's arrays have shapes [(1,), (1, 2)], the model sent [(3,), (1, 2)]"]
+
+
+def test_a_malformed_reply_counts_towards_the_failure_streak():
+    strategy, lines = make_strategy(), []
+    watch = FailureWatch({100 + p: p for p in range(3)}, max_failed_rounds=2, failure_log=None, log=lines.append)
+    bare = reply_with(1, RecordDict({"arrays": ArrayRecord(client_weights(1))}))  # no MetricRecord
+    replies = [train_reply(0, 10, client_weights(0)), bare, train_reply(2, 10, client_weights(2))]
+    watch.check("training", 1, configured(strategy), replies, timeout=1)
+    assert lines == ["  training round 1: 1 of 3 clients failed (client 1: reply without an ArrayRecord and one "
+                     "MetricRecord with num-examples)"]
+    with pytest.raises(ClientFailureError, match="client 1 failed in 2 rounds in a row"):
+        watch.check("training", 2, configured(strategy, 2), replies, timeout=1)
 
 
 def test_too_few_successes_stop_the_run():

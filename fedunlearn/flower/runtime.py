@@ -67,6 +67,15 @@ def error_summary(reason: str) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def train_reply_problem(reply: Message) -> str:
+    """Why a train reply without an error breaks Flower's convention ("" when it keeps it): at least one
+    ArrayRecord and exactly one MetricRecord holding ``num-examples``."""
+    metrics = list(reply.content.metric_records.values())
+    if not reply.content.array_records or len(metrics) != 1 or "num-examples" not in metrics[0]:
+        return "reply without an ArrayRecord and one MetricRecord with num-examples"
+    return ""
+
+
 class FailureWatch:
     """Counts failing clients round by round, across every phase run on one federation.
 
@@ -85,9 +94,12 @@ class FailureWatch:
               timeout: float) -> None:
         sampled = sorted(self.partition_of.get(m.metadata.dst_node_id, -1) for m in messages)
         failed: dict[int, str] = {}
-        for reply in replies:
+        for reply in replies:  # a malformed train reply is dropped by the strategy: it fails too
+            pid = self.partition_of.get(reply.metadata.src_node_id, -1)
             if reply.has_error():
-                failed[self.partition_of.get(reply.metadata.src_node_id, -1)] = reply.error.reason
+                failed[pid] = reply.error.reason
+            elif reply.metadata.message_type.split(".")[0] == MessageType.TRAIN and (why := train_reply_problem(reply)):
+                failed[pid] = why
         answered = {self.partition_of.get(r.metadata.src_node_id, -1) for r in replies}
         failed.update({pid: f"no reply within {timeout:g} s" for pid in sampled if pid not in answered})
         for pid in sampled:

@@ -40,7 +40,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedunlearn.arrays import Weights, record_like, weighted_step
 from fedunlearn.config import ExperimentConfig, ForgetRequest, config_to_dict
 from fedunlearn.data.forget_sets import requests_json
-from fedunlearn.flower.runtime import error_summary
+from fedunlearn.flower.runtime import error_summary, train_reply_problem
 from fedunlearn.store import PseudoGradientStore
 
 
@@ -227,12 +227,10 @@ class RecordingFedAvg(FedAvg):
     def collect(self, server_round: int, replies: Iterable[Message]) -> list[ClientUpdate]:
         """Sort successful replies by client, record their Δ, count failures."""
         replies = list(replies)
-        valid = [m for m in replies if not m.has_error() and self._well_formed(m)]
-        accepted = {id(m) for m in valid}
-        self.report.failures = [f"client {self.client_of(m.metadata.src_node_id)}: "
-                                + (error_summary(m.error.reason) if m.has_error() else
-                                   "reply without one ArrayRecord and one MetricRecord with num-examples")
-                                for m in replies if id(m) not in accepted]
+        problems = {id(m): error_summary(m.error.reason) if m.has_error() else self._reply_problem(m) for m in replies}
+        valid = [m for m in replies if not problems[id(m)]]
+        self.report.failures = [f"client {self.client_of(m.metadata.src_node_id)}: {problems[id(m)]}"
+                                for m in replies if problems[id(m)]]
         required = self.min_train_nodes or len(self.report.sampled)
         if len(valid) < required:
             raise TooFewClientsError(
@@ -261,11 +259,19 @@ class RecordingFedAvg(FedAvg):
         self.report.train_loss = weighted_metric(updates, ("train-loss", "train_loss"))
         return updates
 
-    def _well_formed(self, msg: Message) -> bool:
-        """A train reply as Flower's convention has it: one ArrayRecord and one MetricRecord with num-examples."""
-        metrics = list(msg.content.metric_records.values())
-        return (self.arrayrecord_key in msg.content.array_records and len(metrics) == 1
-                and "num-examples" in metrics[0])
+    def _reply_problem(self, msg: Message) -> str:
+        """Why a train reply cannot be aggregated ("" when it can): Flower's convention
+        (:func:`~fedunlearn.flower.runtime.train_reply_problem`), this strategy's ArrayRecord key, and
+        arrays shaped as the model sent (numpy would broadcast a wrong shape into the Δ silently)."""
+        if why := train_reply_problem(msg):
+            return why
+        if self.arrayrecord_key not in msg.content.array_records:
+            return f"reply without the ArrayRecord {self.arrayrecord_key!r}"
+        shapes = [tuple(a.shape) for a in msg.content[self.arrayrecord_key].values()]
+        sent = [g.shape for g in self._global]
+        if shapes != sent:
+            return f"reply's arrays have shapes {shapes}, the model sent {sent}"
+        return ""
 
     def combine(self, server_round: int, global_weights: Weights, updates: list[ClientUpdate]) -> Weights:
         """FedAvg in pseudo-gradient space: w + η_s Σ (n_k/N) Δ_k, summed in client order."""
