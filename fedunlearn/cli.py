@@ -40,7 +40,9 @@ def _out_dir(args: argparse.Namespace, default: Path, marker: str | None) -> Pat
     """
     out = Path(args.out) if args.out else default
     if marker and (out / marker).exists() and not getattr(args, "resume", False):
-        raise ConfigError(f"--out: {out} already holds results; pass --resume to continue or choose another --out")
+        fix = "pass --resume to continue or choose another --out" if hasattr(args, "resume") else \
+            "choose another --out (or remove it)"
+        raise ConfigError(f"--out: {out} already holds results; {fix}")
     args.created = [p for p in [out, *out.parents] if not p.exists()][::-1]
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedunlearn.cli import main
+from fedunlearn.config import load_config
 from fedunlearn.results import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,11 @@ def test_forget_puf_writes_summary_and_trajectory(trained, tmp_path, capsys):
     trajectory = read_csv(out / "strategies" / "puf-ieu" / "trajectory.csv")
     assert [t["phase"] for t in trajectory] == ["unlearn", "recover", "recover"]
     assert "client 1: fresh (round 4)" in puf["notes"] and "ieu" in puf["notes"]
+    assert {r["forgotten"] for r in rows} == {"clients 1 2"}
+    recorded = load_config(out / "config.toml")  # what the folder's results were computed with
+    assert recorded.forget[0].clients == [1, 2] and recorded.forgetting.strategies == ["puf-ieu"]
+    assert recorded.forgetting.recovery == "fixed" and recorded.forgetting.recovery_rounds == 2
+    assert recorded.forgetting.settings["ieu"]["decay"] == 0.5  # defaults spelled out
 
 
 def test_run_compares_every_strategy(tmp_path, capsys):

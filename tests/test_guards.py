@@ -25,6 +25,15 @@ def test_unknown_client_id(trained_run, capsys, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_forget_folder_holding_results_is_refused_without_offering_a_flag_forget_lacks(trained_run, capsys,
+                                                                                          tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "summary.csv").write_text("strategy\noriginal\n")
+    code, err = cli(capsys, "forget", trained_run, "--client", 1, "--strategy", "puf", "--out", tmp_path / "o")
+    assert code == 2 and err.endswith("already holds results; choose another --out (or remove it)")
+    assert (tmp_path / "o" / "summary.csv").read_text() == "strategy\noriginal\n"
+
+
 def test_forgetting_every_client(trained_run, capsys, tmp_path):
     argv = ["forget", trained_run, "--strategy", "puf", "--out", tmp_path / "o"]
     for c in range(10):

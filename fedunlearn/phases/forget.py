@@ -35,7 +35,7 @@ from fedunlearn.dilution import Mask, Schedule, run_mask, save_mask
 from fedunlearn.evaluation.scorer import EvaluationSets
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
-from fedunlearn.parts import check_parts
+from fedunlearn.parts import check_parts, resolved
 from fedunlearn.results import RunDir, csv_text
 from fedunlearn.store import PseudoGradientStore
 from fedunlearn.strategies import StrategySpec, UnlearningContext, UnlearningError
@@ -256,12 +256,17 @@ class ForgetJob:
     scorer: EvaluationSets
 
     def run(self, fed: Federation, out: Path, log=print) -> list[dict]:
-        """The strategy's timeline; rows ``original`` and the strategy, with their metrics."""
+        """The strategy's timeline; rows ``original`` and the strategy, with their metrics.
+
+        ``out/config.toml`` gets the experiment as this job runs it (the request, the strategy's
+        settings, fixed recovery), so the folder says what its results were computed with.
+        """
+        RunDir(out).write_config(resolved(self.cfg))
         outcome = run_strategy(fed, self.cfg, self.spec, self.snapshot, out / "strategies" / self.spec.label,
                                self.scorer, log=log)
-        seed = self.cfg.seed
-        return [{"strategy": "original", "seed": seed, **self.scorer.summary_metrics(self.snapshot.weights)},
-                {**outcome.row(), "seed": seed, **self.scorer.summary_metrics(outcome.weights)}]
+        common = {"seed": self.cfg.seed, "forgotten": self.cfg.forget[0].describe()}
+        return [{"strategy": "original", **common, **self.scorer.summary_metrics(self.snapshot.weights)},
+                {**outcome.row(), **common, **self.scorer.summary_metrics(outcome.weights)}]
 
 
 def prepare_forget(run_dir: str | Path, request: ForgetRequest, strategy: str, recovery_rounds: int | None,
