@@ -159,3 +159,64 @@ def test_no_legend_covers_data_or_labels_even_with_60_character_names(tmp_path, 
     assert sorted(seen) == ["accuracy_over_rounds.png", "cost_vs_quality.png", "gaps_to_retrain.png",
                             "relearning_curves.png"]
     assert problems == []
+
+
+def drawn_figure(monkeypatch, draw):
+    """The figure ``draw()`` hands to ``_save``, laid out as saved (tight layout, drawn)."""
+    from fedunlearn.report import plots
+
+    figures = []
+
+    def keep(fig, path):
+        fig.tight_layout()
+        fig.canvas.draw()
+        figures.append(fig)
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    draw()
+    return figures[0]
+
+
+def test_an_unmeasurable_probe_says_so_instead_of_drawing_empty_axes(tmp_path, monkeypatch):
+    """Every curve n/a (the generative r when the original and retrain do not separate): the panel says why,
+    with no legend of lines that cover nothing and no axes around nothing."""
+    from fedunlearn.report import plots
+
+    write_results(tmp_path, seeds=(0,))
+    nan = ProbeResult("forget_ll", "rounds", [float("nan")] * 3, float("nan"))
+    write_probes(tmp_path / "seed-0", {"all": {n: nan for n in ["original", *NAMES]}})
+    rows = read_csv(tmp_path / "summary.csv")
+    fig = drawn_figure(monkeypatch, lambda: plots.relearning_curves(tmp_path, [tmp_path / "seed-0"], rows))
+    (ax,) = fig.axes
+    assert ax.get_legend() is None and not ax.lines and not ax.axison
+    assert any("not measurable" in t.get_text() for t in ax.texts)
+
+
+def test_probe_rounds_are_whole_numbers_on_the_axis(tmp_path, monkeypatch):
+    from fedunlearn.report import plots
+
+    write_results(tmp_path, seeds=(0,))
+    rows = read_csv(tmp_path / "summary.csv")
+    fig = drawn_figure(monkeypatch, lambda: plots.relearning_curves(tmp_path, [tmp_path / "seed-0"], rows))
+    ticks = [t for t in fig.axes[0].get_xticks() if 0 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_the_samples_figure_title_covers_no_panel_title(tmp_path, monkeypatch):
+    from matplotlib.transforms import Bbox
+
+    from fedunlearn.report import plots
+
+    rng = np.random.default_rng(0)
+    arrays = {"forget_classes": np.array([7])}
+    for name in ["original", "retrain", "natural", "puf", "puf-ieu", "pga", "not"]:  # a comparison's seven
+        arrays[f"{name}/images"] = (rng.random((40, 8, 8)) > 0.5).astype(np.float32)
+        arrays[f"{name}/labels"] = rng.integers(0, 10, 40)
+    np.savez(tmp_path / "samples.npz", **arrays)
+    fig = drawn_figure(monkeypatch, lambda: plots.generated_samples(tmp_path, tmp_path))
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    for ax in fig.axes:
+        inter = Bbox.intersection(title, ax.title.get_window_extent(renderer))
+        assert not ax.title.get_text() or inter is None or inter.width <= 1 or inter.height <= 1, ax.title.get_text()

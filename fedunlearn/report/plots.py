@@ -156,13 +156,16 @@ def relearning_curves(out: Path, seed_dirs: list[Path], rows: list[dict]) -> Pat
                 delays[name] += [r.get(f"{prefix}_delay", "") for r in rows
                                  if r["strategy"] == name and r["seed"] == seed]
             thresholds.append(_f(data[0]["threshold"]))
+        ax.set_title(f"Relearning the forgotten data: mode '{mode}' ({_seeds_note(seed_dirs)})", fontsize=10)
+        if not any(not math.isnan(y) for seed_curves in curves.values() for c in seed_curves for _, y in c):
+            _not_measurable(ax, data[0].get("metric", "") if data else "")
+            continue
         colors = _colors(list(curves))
         for name, seed_curves in curves.items():
             _draw_seeds(ax, seed_curves, colors[name], curve_label(name, " / ".join(delays[name])), marker="o")
         ax.axhline(float(np.mean(thresholds)), color="black", ls=":", lw=1,
                    label="threshold: original's value x (1 -/+ alpha)" + (", mean over seeds" if len(thresholds) > 1 else ""))
         unit, metric = data[0]["unit"], data[0].get("metric", "")
-        ax.set_title(f"Relearning the forgotten data: mode '{mode}' ({_seeds_note(seed_dirs)})", fontsize=10)
         ax.set_xlabel(f"probe {unit} ({'FedAvg rounds, forgotten clients re-added' if unit == 'rounds' else 'local SGD steps of the forgotten clients alone'})")
         if metric == "forget_loss":
             ax.set_ylabel("forget loss (mean cross-entropy, nats)")
@@ -172,9 +175,21 @@ def relearning_curves(out: Path, seed_dirs: list[Path], rows: list[dict]) -> Pat
             names = {"backdoor": "backdoor attack success rate", "forget_acc": "forget accuracy"}
             ax.set_ylabel(f"{names.get(metric, 'forget metric')} (fraction)")
             ax.set_ylim(-0.02, 1.02)
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # probe rounds and steps are counts
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers nothing
     return _save(fig, out / "relearning_curves.png")
+
+
+def _not_measurable(ax, metric: str) -> None:
+    """An empty probe panel says why instead of drawing axes around nothing: every curve is n/a
+    (docs/methods.md, "Generative task": r is undefined when the original's forget log-likelihood is
+    not above retrain's by probe.alpha, so there is nothing to relearn)."""
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, f"{metric or 'forget metric'}: n/a on every seed (not measurable)\n"
+            "the original and retrain do not differ by probe.alpha on the forget set,\n"
+            "so there is nothing to relearn and no delay to draw", ha="center", va="center",
+            transform=ax.transAxes, fontsize=9)
 
 
 def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[str]) -> Path:
@@ -408,7 +423,7 @@ def generated_samples(out: Path, seed_dir: Path, shown: int = 36) -> Path:
             h = next(d for d in range(int(math.isqrt(images.shape[1])), 0, -1) if images.shape[1] % d == 0)
             images = images.reshape(len(images), h, images.shape[1] // h)
         h, w = images.shape[-2:]
-        grid = np.ones((side * (h + 1), side * (w + 1)))
+        grid = np.full((side * (h + 1), side * (w + 1)), 0.3)  # grey gaps: black would merge with the ink
         for i, img in enumerate(images[:side * side]):
             r, c = divmod(i, side)
             grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img.reshape(h, w)
@@ -428,7 +443,7 @@ def generated_samples(out: Path, seed_dir: Path, shown: int = 36) -> Path:
                          + ("; forgotten class(es) in red" if forgotten else ""), fontsize=9)
     axes[-1, 1].set_xlabel("class")
     fig.suptitle(f"Generated samples per model ({seed_dir.name}; Gibbs chains from random states: a picture, "
-                 "not the headline)", fontsize=10)
+                 "not the headline)", fontsize=10, y=1.0, va="bottom")
     return _save(fig, out / "generated_samples.png")
 
 
