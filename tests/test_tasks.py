@@ -159,3 +159,35 @@ def test_a_probe_normalised_by_the_reference_is_stale_once_the_reference_changes
     assert before.strategies["retrain"].fingerprint != after.strategies["exact"].fingerprint
     original = [p.probes["all", "original"].fingerprint for p in (before, after)]
     assert (original[0] != original[1]) == normalised
+
+
+def trained_run(folder: Path, cfg) -> Path:
+    """A folder as ``fedunlearn train`` leaves it (config and checkpoint), its model the initial one: enough for
+    everything the probe command checks before it starts a federation."""
+    from fedunlearn.results import RunDir
+
+    run = RunDir(folder)
+    run.write_config(cfg)
+    scorer = task_of(cfg).scorer(cfg, federated_data(cfg.data, cfg.seed))
+    run.save_checkpoint(scorer.initial_weights(), cfg.train.rounds)
+    return folder
+
+
+def test_the_probe_command_normalises_the_generative_probe_by_the_reference_it_is_given(tmp_path, capsys):
+    from fedunlearn.phases.probe import prepare_probe
+    from fedunlearn.results import RunDir
+
+    run = trained_run(tmp_path / "train", generative())
+    reference = trained_run(tmp_path / "retrain", generative("seed=1"))  # any other model will do
+    code = main(["probe", str(run), "--class", "7"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--reference: the probe metric forget_ll is normalised" in err[0], err
+    assert not (run / "probe").exists()
+    job = prepare_probe(run, ForgetRequest(classes=[7]), "auto", "all", None, [], str(reference))
+    want, _ = RunDir(reference).load_checkpoint()
+    assert all(np.array_equal(a, b) for a, b in zip(job.reference, want, strict=True))
+    with pytest.raises(ConfigError, match="--reference: .* holds no checkpoint"):
+        prepare_probe(run, ForgetRequest(classes=[7]), "auto", "all", None, [], str(tmp_path))
+    classifier = trained_run(tmp_path / "class", load_config(ROOT / "experiments/class.toml", ["data.num_clients=3"]))
+    with pytest.raises(ConfigError, match="--reference: the probe metric forget_acc reads no reference model"):
+        prepare_probe(classifier, ForgetRequest(classes=[7]), "auto", "all", None, [], str(reference))

@@ -184,14 +184,39 @@ class ProbeJob:
     original: Weights
     models: dict[str, Weights]
     masks: dict[str, Mask | None] = field(default_factory=dict)
+    reference: Weights | None = None
 
     def run(self, fed: Federation, log=print) -> dict[str, dict[str, ProbeResult]]:
-        return probe_models(fed, self.cfg, self.scorer, self.original, self.models, log=log, masks=self.masks)
+        return probe_models(fed, self.cfg, self.scorer, self.original, self.models, log=log, masks=self.masks,
+                            reference=self.reference)
+
+
+def _checkpoint_of(path: str, flag: str) -> Weights:
+    """The model a strategy folder or training run at ``path`` keeps (ConfigError naming ``flag`` if none)."""
+    model = RunDir(path)
+    if not model.checkpoint.exists():
+        raise ConfigError(f"{flag}: {path} holds no checkpoint/global.npz; pass a strategy folder "
+                          "(e.g. RUN/forget-puf/strategies/puf) or a training run")
+    return model.load_checkpoint()[0]
+
+
+def _check_reference(cfg: ExperimentConfig, reference_dir: str | None) -> None:
+    """A metric normalised by the retrained model (the generative task's r, docs/methods.md, "Generative
+    task") needs ``--reference``, as ``fedunlearn run`` normalises by its retrain; any other refuses it."""
+    metric = probe_metric(cfg)
+    normalised = metric in task_of(cfg).normalised_probe_metrics
+    if normalised and reference_dir is None:
+        raise ConfigError(f"--reference: the probe metric {metric} is normalised by the retrained model (0 = retrain, "
+                          "1 = original); pass its folder, e.g. --reference RUN/forget-retrain/strategies/retrain "
+                          "(written by fedunlearn forget RUN with the same request and --strategy retrain)")
+    if not normalised and reference_dir is not None:
+        raise ConfigError(f"--reference: the probe metric {metric} reads no reference model; remove --reference")
 
 
 def prepare_probe(run_dir: str | Path, request: ForgetRequest, metric: str, mode: str, max_rounds: int | None,
-                  model_dirs: list[str]) -> ProbeJob:
-    """Check a probe request against a trained run; the original is that run's model."""
+                  model_dirs: list[str], reference_dir: str | None = None) -> ProbeJob:
+    """Check a probe request against a trained run; the original is that run's model, ``reference_dir``
+    the retrained model a normalised probe metric needs."""
     run = RunDir.trained(run_dir)
     cfg = load_config(run.config)
     request = dataclasses.replace(request, round=1)
@@ -203,17 +228,12 @@ def prepare_probe(run_dir: str | Path, request: ForgetRequest, metric: str, mode
         task_of(cfg).check(cfg, [])
     except ConfigError as err:
         raise ConfigError(str(err).replace("probe.metric:", "--metric:").replace("probe.max_rounds:", "--max-rounds:")) from None
+    _check_reference(cfg, reference_dir)
     original, _ = run.load_checkpoint()
     models, masks = {"original": original}, {"original": load_mask(run.path)}
     for path in model_dirs:
-        model = RunDir(path)
-        if not model.checkpoint.exists():
-            raise ConfigError(f"--model: {path} holds no checkpoint/global.npz; pass a strategy folder "
-                              "(e.g. RUN/forget-puf/strategies/puf) or a training run")
-        models[Path(path).name], _ = model.load_checkpoint()
+        models[Path(path).name] = _checkpoint_of(path, "--model")
         masks[Path(path).name] = load_mask(path)
-    if not task_of(cfg).classifier:
-        raise ConfigError(f"fedunlearn probe: the {cfg.task.name} task's probe metric is normalised by the retrained "
-                          "model; probe it inside a comparison (fedunlearn run)")
+    reference = _checkpoint_of(reference_dir, "--reference") if reference_dir is not None else None
     return ProbeJob(cfg, task_of(cfg).scorer(cfg, federated_data(cfg.data, cfg.seed), [request]), original, models,
-                    masks)
+                    masks, reference)
