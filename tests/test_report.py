@@ -193,14 +193,28 @@ def test_an_unmeasurable_probe_says_so_instead_of_drawing_empty_axes(tmp_path, m
     assert any("not measurable" in t.get_text() for t in ax.texts)
 
 
-def test_probe_rounds_are_whole_numbers_on_the_axis(tmp_path, monkeypatch):
+def whole(ticks, low: float, high: float) -> bool:
+    inside = [t for t in ticks if low <= t <= high]
+    return bool(inside) and all(float(t).is_integer() for t in inside)
+
+
+def test_rounds_and_delays_are_whole_numbers_on_the_axes(tmp_path, monkeypatch):
+    """A few rounds (a tiny run) would otherwise get ticks at round 1.5 and delays of 0.25 rounds."""
     from fedunlearn.report import plots
 
     write_results(tmp_path, seeds=(0,))
     rows = read_csv(tmp_path / "summary.csv")
     fig = drawn_figure(monkeypatch, lambda: plots.relearning_curves(tmp_path, [tmp_path / "seed-0"], rows))
-    ticks = [t for t in fig.axes[0].get_xticks() if 0 <= t <= 3]
-    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert whole(fig.axes[0].get_xticks(), 0, 3)
+    train = [{"round": r, "test_ll": -30 + r, "forget_ll": -31 + r, "forget_gap": -1.0} for r in range(1, 5)]
+    atomic_write_text(tmp_path / "short" / "train" / "rounds.csv", csv_text(train, list(train[0])))
+    fig = drawn_figure(monkeypatch, lambda: plots.metrics_over_rounds(tmp_path, [tmp_path / "short"], [], set()))
+    assert whole(fig.axes[-1].get_xticks(), 1, 4)
+    sweep = [{"sweep:model.dilution.sparsity": s, "strategy": "puf", "seed": 0, "test_ll": -20.0, "gap_forget_ll": 1.0,
+              "relearn_delay": str(1 + int(s > 0))} for s in (0.0, 0.8)]
+    atomic_write_text(tmp_path / "sweep.csv", csv_text(sweep, list(sweep[0])))
+    fig = drawn_figure(monkeypatch, lambda: plots.sweep_plot(tmp_path))
+    assert whole(fig.axes[2].get_yticks(), 1, 2)
 
 
 def test_the_samples_figure_title_covers_no_panel_title(tmp_path, monkeypatch):

@@ -122,6 +122,7 @@ def metrics_over_rounds(out: Path, seed_dirs: list[Path], names: list[str], scra
     what = "Accuracy" if "test_acc" in panels else "Log-likelihood"
     axes[0].set_title(f"{what} through training, unlearning and recovery ({_seeds_note(seed_dirs)})")
     axes[-1].set_xlabel("round (training, then each strategy's unlearning and recovery rounds)")
+    axes[-1].xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # rounds are counts (shared x)
     _legend_outside(fig, axes[0])
     return _save(fig, out / f"{'accuracy' if 'test_acc' in panels else 'likelihood'}_over_rounds.png")
 
@@ -494,6 +495,8 @@ def sweep_plot(run_dir: str | Path) -> Path:
                         marker="o", ms=3, label=f"{name}{' (' + tag + ')' if tag else ''}")
         ax.set_xlabel(x_key.removeprefix("sweep:"))
         ax.set_ylabel(label)
+        if column == "relearn_delay":  # a count of probe rounds
+            ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.set_title(label.split(" (")[0], fontsize=10)
         ax.grid(alpha=0.3)
     seeds = len({r["seed"] for r in rows})
