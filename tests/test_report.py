@@ -234,3 +234,16 @@ def test_the_samples_figure_title_covers_no_panel_title(tmp_path, monkeypatch):
     for ax in fig.axes:
         inter = Bbox.intersection(title, ax.title.get_window_extent(renderer))
         assert not ax.title.get_text() or inter is None or inter.width <= 1 or inter.height <= 1, ax.title.get_text()
+
+
+def test_a_generative_report_speaks_of_no_accuracy(tmp_path):
+    """The generative task's recovery target is retrain's log-likelihood: nothing in its report.md may say
+    accuracy (the classifier's word)."""
+    from fedunlearn.report import write_report
+
+    rows = [{"strategy": name, "seed": 0, "from_scratch": name == "retrain", "test_ll": -25.0, "forget_ll": -27.0,
+             "forget_gap": -2.0, "recovery_rounds": 3 if name == "puf" else "", "recovery_censored": name == "puf"}
+            for name in ["original", "retrain", "puf"]]
+    write_summary(tmp_path, rows)
+    text = write_report(tmp_path, []).read_text()
+    assert "> 3" in text and "accuracy" not in text.lower()
