@@ -35,6 +35,7 @@ def generative(*overrides: str):
     (["forgetting.strategies=['retrain', 'pga+augment']"], "pga+augment needs a classifier"),
     (["forgetting.strategies=['retrain', 'influence']"], "influence needs a classifier"),
     (["probe.metric='forget_acc'"], "probe.metric: 'forget_acc' does not apply to the generative task"),
+    (["probe.metric='backdoor'"], "use auto (the task's forget metric"),  # never a fix the task refuses
     (["data.backdoor.clients=[0]"], "data.backdoor.clients: a backdoor is measured by a classifier"),
     (["data.binarize=0"], "data.binarize: the generative task models binary data"),
 ])
