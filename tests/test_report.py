@@ -247,3 +247,23 @@ def test_a_generative_report_speaks_of_no_accuracy(tmp_path):
     write_summary(tmp_path, rows)
     text = write_report(tmp_path, []).read_text()
     assert "> 3" in text and "accuracy" not in text.lower()
+
+
+def test_a_late_dilution_is_marked_where_it_pruned(tmp_path, monkeypatch):
+    """The metrics figure of a late-diluted run marks the pruning round, so its cliff is not left unexplained."""
+    from fedunlearn.config import load_config
+    from fedunlearn.report import plots
+    from fedunlearn.results import RunDir
+
+    root = Path(__file__).resolve().parents[1]
+    for mode, want in (("late", 7), ("early", None)):
+        cfg = load_config(root / "experiments/rbm_dilution.toml",
+                          ["sweep={}", "train.rounds=10", "model.dilution.sparsity=0.5",
+                           f"model.dilution.mode='{mode}'", "model.dilution.finetune_rounds=3"])
+        RunDir(tmp_path / mode).write_config(cfg)
+        assert plots.pruning_round(tmp_path / mode) == want
+    assert plots.pruning_round(tmp_path / "nowhere") is None
+    train = [{"round": r, "test_ll": -30.0 + r, "forget_ll": -31.0 + r, "forget_gap": -1.0} for r in range(1, 11)]
+    atomic_write_text(tmp_path / "seed-0" / "train" / "rounds.csv", csv_text(train, list(train[0])))
+    fig = drawn_figure(monkeypatch, lambda: plots.metrics_over_rounds(tmp_path, [tmp_path / "seed-0"], [], set(), 7))
+    assert all(any("pruned (late dilution)" in t.get_text() for t in ax.texts) for ax in fig.axes)

@@ -88,9 +88,27 @@ def _seeds_note(seed_dirs: list[Path]) -> str:
     return f"{n} seeds: thick line the mean, thin lines each seed" if n > 1 else seed_dirs[0].name
 
 
-def metrics_over_rounds(out: Path, seed_dirs: list[Path], names: list[str], scratch: set[str]) -> Path:
+def pruning_round(run_dir: Path) -> int | None:
+    """The round after which a late dilution pruned the model (docs/methods.md, "Dilution"): the cliff the
+    metrics figure marks. None for a dense or early-diluted model, or a folder without a readable config.toml
+    (a comparison written by another ServerApp)."""
+    from fedunlearn.config import load_config
+    from fedunlearn.dilution import prune_round
+    from fedunlearn.settings import ConfigError
+
+    try:
+        cfg = load_config(run_dir / "config.toml")
+    except (ConfigError, OSError):
+        return None
+    late = cfg.model.dilution.active and cfg.model.dilution.mode == "late"
+    return prune_round(cfg) if late else None
+
+
+def metrics_over_rounds(out: Path, seed_dirs: list[Path], names: list[str], scratch: set[str],
+                        pruned: int | None = None) -> Path:
     """The task's per-round metrics (rounds.csv, trajectory.csv) through training, unlearning and recovery:
-    ``accuracy_over_rounds.png`` for a classifier, ``likelihood_over_rounds.png`` for the generative task."""
+    ``accuracy_over_rounds.png`` for a classifier, ``likelihood_over_rounds.png`` for the generative task;
+    ``pruned``: the round after which a late dilution pruned the model, marked."""
     trains = [read_csv(d / "train" / "rounds.csv") for d in seed_dirs]
     panels = [k for k in ROUND_METRICS if k in trains[0][0] and any(not math.isnan(_f(r[k])) for r in trains[0])]
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), sharex=True, squeeze=False)
@@ -115,6 +133,10 @@ def metrics_over_rounds(out: Path, seed_dirs: list[Path], names: list[str], scra
                 _draw_seeds(ax, curves, colors[name], name, ls="--" if name in scratch else "-")
         ax.axvline(forget_round, color="black", ls=":", lw=1)
         ax.text(forget_round, 0.04, " forget request", transform=ax.get_xaxis_transform(), fontsize=8)
+        if pruned is not None:
+            ax.axvline(pruned, color="grey", ls="--", lw=1)
+            ax.text(pruned, 0.12, " pruned (late dilution)", transform=ax.get_xaxis_transform(), fontsize=8,
+                    color="dimgrey")
         ax.set_ylabel(f"{label.split(' (')[0]}\n({unit})")
         if bounded:
             ax.set_ylim(-0.02, 1.02)
@@ -528,7 +550,7 @@ def draw_all(run_dir: str | Path) -> list[Path]:
     trained = seed_dirs and all((d / "train" / "rounds.csv").exists() for d in seed_dirs)
     costed = any(not math.isnan(_f(r.get("client_epochs"))) for r in rows if r["strategy"] in names)
     # a comparison written by anyone's ServerApp (write_comparison) may lack rounds and costs
-    drawn = [metrics_over_rounds(out, seed_dirs, names, scratch) if trained else None,
+    drawn = [metrics_over_rounds(out, seed_dirs, names, scratch, pruning_round(run_dir)) if trained else None,
              relearning_curves(out, seed_dirs, rows), gaps_to_retrain(out, rows, names, scratch),
              cost_vs_quality(out, rows, names, backdoor) if costed else None, step_sweep(out, rows),
              generated_samples(out, seed_dirs[0]) if seed_dirs and (seed_dirs[0] / "samples.npz").exists() else None]
