@@ -267,3 +267,17 @@ def test_a_late_dilution_is_marked_where_it_pruned(tmp_path, monkeypatch):
     atomic_write_text(tmp_path / "seed-0" / "train" / "rounds.csv", csv_text(train, list(train[0])))
     fig = drawn_figure(monkeypatch, lambda: plots.metrics_over_rounds(tmp_path, [tmp_path / "seed-0"], [], set(), 7))
     assert all(any("pruned (late dilution)" in t.get_text() for t in ax.texts) for ax in fig.axes)
+
+
+def test_a_folder_without_a_retrained_reference_draws_no_empty_gap_figures(tmp_path):
+    """A ``fedunlearn forget`` folder (rows original and one strategy, no retrain) has no gap to draw: no
+    gaps_to_retrain.png or cost_vs_quality.png of empty axes, on either task."""
+    from fedunlearn.report import plots
+
+    for task, metrics in {"generative": {"test_ll": -25.0, "forget_ll": -27.0, "forget_gap": -2.0},
+                          "classification": {"test_acc": 0.9, "forget_acc": 0.2, "retain_acc": 0.95}}.items():
+        out = tmp_path / task
+        write_summary(out, [{"strategy": "original", "seed": 0, **metrics},
+                            {"strategy": "puf", "seed": 0, "from_scratch": False, "client_epochs": 18.0, **metrics}])
+        assert plots.draw_all(out) == []
+        assert not (out / "plots" / "gaps_to_retrain.png").exists()

@@ -215,7 +215,9 @@ def _not_measurable(ax, metric: str) -> None:
             transform=ax.transAxes, fontsize=9)
 
 
-def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[str]) -> Path:
+def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[str]) -> Path | None:
+    """|metric − retrain's| per metric and strategy; None when no row has a gap (no retrained reference:
+    a ``fedunlearn forget`` folder), rather than empty axes."""
     bars = [(m, f"gap_{m}") for m in GAP_METRICS] + [AVERAGE_GAP_BAR]
     bars = [(label, col) for label, col in bars if any(not math.isnan(_f(r.get(col))) for r in rows)]
     unit = "fraction"
@@ -223,6 +225,8 @@ def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[
         bars = [(m, f"gap_{m}") for m in GENERATIVE_GAP_METRICS
                 if any(not math.isnan(_f(r.get(f"gap_{m}"))) for r in rows)]
         unit = "nats per sample"
+    if not bars:
+        return None
     shown = ["original"] + [n for n in names if n not in scratch]
     colors = _colors(["original"] + names)
     fig, ax = plt.subplots(figsize=(11, 4.5))
@@ -246,10 +250,14 @@ def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[
     return _save(fig, out / "gaps_to_retrain.png")
 
 
-def cost_vs_quality(out: Path, rows: list[dict], names: list[str], backdoor: bool) -> Path:
+def cost_vs_quality(out: Path, rows: list[dict], names: list[str], backdoor: bool) -> Path | None:
+    """Client-epochs against the forgetting gap to retrain; None when no row has that gap (no retrained
+    reference), rather than empty axes."""
     key = "backdoor_asr" if backdoor else "forget_acc"
     if all(math.isnan(_f(r.get(f"gap_{key}"))) for r in rows):  # the generative task
         key = "forget_ll"
+    if all(math.isnan(_f(r.get(f"gap_{key}"))) for r in rows if r["strategy"] in names):
+        return None
     colors = _colors(["original"] + names)
     fig, ax = plt.subplots(figsize=(9.5, 5))
     for name in names:
