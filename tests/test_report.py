@@ -281,3 +281,12 @@ def test_a_folder_without_a_retrained_reference_draws_no_empty_gap_figures(tmp_p
                             {"strategy": "puf", "seed": 0, "from_scratch": False, "client_epochs": 18.0, **metrics}])
         assert plots.draw_all(out) == []
         assert not (out / "plots" / "gaps_to_retrain.png").exists()
+
+
+def test_the_auxiliary_classifiers_accuracy_has_no_gap_column(tmp_path):
+    """aux_test_acc is the same for every model (the auxiliary classifier's): its gap would be 0 by construction."""
+    rows = [{"strategy": name, "seed": 0, "from_scratch": name == "retrain", "test_ll": -25.0 - i,
+             "aux_test_acc": 0.92} for i, name in enumerate(["original", "retrain", "puf"])]
+    write_summary(tmp_path, rows)
+    columns = list(read_csv(tmp_path / "summary.csv")[0])
+    assert "aux_test_acc" in columns and "gap_test_ll" in columns and "gap_aux_test_acc" not in columns
