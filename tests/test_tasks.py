@@ -192,3 +192,24 @@ def test_the_probe_command_normalises_the_generative_probe_by_the_reference_it_i
     classifier = trained_run(tmp_path / "class", load_config(ROOT / "experiments/class.toml", ["data.num_clients=3"]))
     with pytest.raises(ConfigError, match="--reference: the probe metric forget_acc reads no reference model"):
         prepare_probe(classifier, ForgetRequest(classes=[7]), "auto", "all", None, [], str(reference))
+
+
+def test_an_unmeasurable_probe_runs_no_rounds_and_says_why():
+    """r is NaN at the original when it and the reference do not separate: every curve is n/a from the
+    start, so no federation round is spent on it (``fed`` is None here: a round would fail)."""
+    from fedunlearn.phases.probe import probe_models
+
+    class Unseparated:
+        num_arrays = 1
+
+        def probe_value(self, metric, original, reference):
+            return lambda weights: float("nan")
+
+    cfg = generative("probe.modes=['all', 'alone']", "probe.max_rounds=3", "probe.alone_max_steps=4")
+    logs = []
+    results = probe_models(None, cfg, Unseparated(), [np.zeros(2)], {"original": [np.zeros(2)], "puf": [np.ones(2)]},
+                           log=logs.append)
+    assert {mode: {n: (r.delay_text, r.unit, r.cap) for n, r in by.items()} for mode, by in results.items()} == {
+        "all": {"original": ("n/a", "rounds", 3), "puf": ("n/a", "rounds", 3)},
+        "alone": {"original": ("n/a", "steps", 4), "puf": ("n/a", "steps", 4)}}
+    assert any("forget_ll is not measurable" in line for line in logs)

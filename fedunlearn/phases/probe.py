@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,14 @@ def probe_alone(fed: Federation, cfg: ExperimentConfig, scorer: EvaluationSets, 
                             metric=metric, tau=tau, max_rounds=steps, timeout=fed.timeout, unit="steps")
 
 
+def not_measurable(cfg: ExperimentConfig, mode: str, metric: str) -> ProbeResult:
+    """The curve of a metric undefined from the start (NaN at the original: e.g. the generative r when the
+    original and the reference do not separate, docs/methods.md, "Generative task"): the probe's length of
+    NaN, written n/a, without running rounds whose every value would be NaN."""
+    cap, unit = (cfg.probe.max_rounds, "rounds") if mode == "all" else (cfg.probe.alone_max_steps, "steps")
+    return ProbeResult(metric, unit, [float("nan")] * (cap + 1), float("nan"))
+
+
 class ProbeCache:
     """Finished probes kept in their pieces' folders (``result.json``), reused while their settings match."""
 
@@ -148,6 +157,9 @@ def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: EvaluationSets,
     models = {name: split_filter(w, scorer.num_arrays)[0] for name, w in models.items()}
     value = scorer.probe_value(metric, original, original if reference is None else reference)
     tau = threshold(metric, value(original), cfg.probe.alpha)
+    if math.isnan(tau):
+        log(f"  probe: {metric} is not measurable (the original and the reference do not differ by probe.alpha "
+            "on the forget set): every delay is n/a, no probe rounds run")
     results: dict[str, dict[str, ProbeResult]] = {}
     for mode in cfg.probe.modes:
         results[mode] = {}
@@ -156,6 +168,9 @@ def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: EvaluationSets,
             if res is not None:
                 results[mode][name] = res
                 log(f"  probe [{mode}] {name}: already done with these settings, reusing it")
+                continue
+            if math.isnan(tau):
+                results[mode][name] = not_measurable(cfg, mode, metric)
                 continue
             res = (probe_all if mode == "all" else probe_alone)(fed, cfg, scorer, weights, value, tau,
                                                                 (masks or {}).get(name))
