@@ -213,3 +213,18 @@ def test_an_unmeasurable_probe_runs_no_rounds_and_says_why():
         "all": {"original": ("n/a", "rounds", 3), "puf": ("n/a", "rounds", 3)},
         "alone": {"original": ("n/a", "steps", 4), "puf": ("n/a", "steps", 4)}}
     assert any("forget_ll is not measurable" in line for line in logs)
+
+
+def test_the_forget_commands_rows_say_what_was_forgotten(monkeypatch):
+    """summary.csv's ``forgotten`` column, filled by a comparison, is filled by ``fedunlearn forget`` too."""
+    from types import SimpleNamespace
+
+    from fedunlearn.phases import forget
+    from fedunlearn.phases.forget import Cost, ForgetJob, StrategyOutcome
+
+    cfg = dataclasses.replace(generative(), forget=[ForgetRequest(classes=[7], round=2)])
+    monkeypatch.setattr(forget, "run_strategy", lambda *a, **k: StrategyOutcome("puf", [], [], Cost()))
+    scorer = SimpleNamespace(summary_metrics=lambda weights: {"forget_ll": -27.0})
+    job = ForgetJob(cfg, SimpleNamespace(label="puf"), SimpleNamespace(weights=[]), scorer)
+    rows = job.run(None, Path("unused"))
+    assert [(r["strategy"], r["forgotten"]) for r in rows] == [("original", "class 7"), ("puf", "class 7")]

@@ -259,9 +259,9 @@ class ForgetJob:
         """The strategy's timeline; rows ``original`` and the strategy, with their metrics."""
         outcome = run_strategy(fed, self.cfg, self.spec, self.snapshot, out / "strategies" / self.spec.label,
                                self.scorer, log=log)
-        seed = self.cfg.seed
-        return [{"strategy": "original", "seed": seed, **self.scorer.summary_metrics(self.snapshot.weights)},
-                {**outcome.row(), "seed": seed, **self.scorer.summary_metrics(outcome.weights)}]
+        common = {"seed": self.cfg.seed, "forgotten": self.cfg.forget[0].describe()}  # as a comparison's rows
+        return [{"strategy": "original", **common, **self.scorer.summary_metrics(self.snapshot.weights)},
+                {**outcome.row(), **common, **self.scorer.summary_metrics(outcome.weights)}]
 
 
 def prepare_forget(run_dir: str | Path, request: ForgetRequest, strategy: str, recovery_rounds: int | None,
