@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fedunlearn.cli import main
@@ -290,3 +291,19 @@ def test_the_auxiliary_classifiers_accuracy_has_no_gap_column(tmp_path):
     write_summary(tmp_path, rows)
     columns = list(read_csv(tmp_path / "summary.csv")[0])
     assert "aux_test_acc" in columns and "gap_test_ll" in columns and "gap_aux_test_acc" not in columns
+
+
+def test_gap_error_bars_are_the_sample_std_of_report_md_and_absent_for_one_seed(tmp_path, monkeypatch):
+    from fedunlearn.report import plots
+
+    write_results(tmp_path)  # two seeds: puf's backdoor gap is 0.2 and 0.25
+    rows, names = read_csv(tmp_path / "summary.csv"), NAMES
+    fig = drawn_figure(monkeypatch, lambda: plots.gaps_to_retrain(tmp_path, rows, names, {"retrain"}))
+    (ax,) = fig.axes
+    bars = [c for c in ax.containers if c.get_label() == "puf"][0]
+    column = [t.get_text() for t in ax.get_xticklabels()].index("backdoor_asr")
+    low, high = bars.errorbar.lines[2][0].get_segments()[column][:, 1]  # the vertical bar of that metric
+    assert high - low == pytest.approx(2 * np.std([0.2, 0.25], ddof=1))
+    one = [r for r in rows if r["seed"] == "0"]
+    fig = drawn_figure(monkeypatch, lambda: plots.gaps_to_retrain(tmp_path, one, names, {"retrain"}))
+    assert all(c.errorbar is None for c in fig.axes[0].containers) and "1 seed" in fig.axes[0].get_title()

@@ -236,15 +236,16 @@ def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[
         for _, col in bars:
             vals = [_f(r.get(col)) for r in rows if r["strategy"] == name and not math.isnan(_f(r.get(col)))]
             means.append(np.mean(vals) if vals else np.nan)
-            stds.append(np.std(vals) if len(vals) > 1 else 0.0)
-        ax.bar(np.arange(len(bars)) + i * width, means, width, yerr=stds, capsize=3, color=colors[name], label=name)
-    seeds = len({r["seed"] for r in rows})
+            stds.append(np.std(vals, ddof=1) if len(vals) > 1 else 0.0)  # the sample std, as report.md's
+        seeds = len({r["seed"] for r in rows})
+        ax.bar(np.arange(len(bars)) + i * width, means, width, yerr=stds if seeds > 1 else None, capsize=3,
+               color=colors[name], label=name)
     ax.set_xticks(np.arange(len(bars)) + width * (len(shown) - 1) / 2, [label for label, _ in bars],
                   rotation=20, ha="right")
     ax.set_ylabel(f"|metric - retrain's metric| ({unit})")
     ax.set_xlabel("metric")
-    ax.set_title(f"Gap to the retrained model per metric (lower is closer to exact unlearning; "
-                 f"mean ± std over {seeds} seed(s))")
+    spread = f"mean ± sample std over {seeds} seeds" if seeds > 1 else "1 seed"
+    ax.set_title(f"Gap to the retrained model per metric (lower is closer to exact unlearning; {spread})")
     ax.grid(axis="y", alpha=0.3)
     _legend_outside(fig, ax)
     return _save(fig, out / "gaps_to_retrain.png")
