@@ -307,3 +307,15 @@ def test_gap_error_bars_are_the_sample_std_of_report_md_and_absent_for_one_seed(
     one = [r for r in rows if r["seed"] == "0"]
     fig = drawn_figure(monkeypatch, lambda: plots.gaps_to_retrain(tmp_path, one, names, {"retrain"}))
     assert all(c.errorbar is None for c in fig.axes[0].containers) and "1 seed" in fig.axes[0].get_title()
+
+
+def test_the_samples_histogram_has_a_bar_per_class_of_the_data_set(tmp_path, monkeypatch):
+    """Four classes (synthetic data) draw four bars, not digits' ten."""
+    from fedunlearn.report import plots
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "samples.npz", forget_classes=np.array([1]), num_classes=np.int64(4),
+             **{"original/images": (rng.random((20, 8)) > 0.5).astype(np.float32),
+                "original/labels": rng.integers(0, 4, 20)})
+    fig = drawn_figure(monkeypatch, lambda: plots.generated_samples(tmp_path, tmp_path))
+    assert len(fig.axes[1].patches) == 4

@@ -228,3 +228,11 @@ def test_the_forget_commands_rows_say_what_was_forgotten(monkeypatch):
     job = ForgetJob(cfg, SimpleNamespace(label="puf"), SimpleNamespace(weights=[]), scorer)
     rows = job.run(None, Path("unused"))
     assert [(r["strategy"], r["forgotten"]) for r in rows] == [("original", "class 7"), ("puf", "class 7")]
+
+
+def test_the_samples_file_records_the_data_sets_classes(scored, tmp_path):
+    scorer, original, _ = scored
+    scorer.write_artifacts({"original": original}, tmp_path)
+    with np.load(tmp_path / "samples.npz") as z:
+        assert int(z["num_classes"]) == 10 and z["forget_classes"].tolist() == [7]
+        assert len(z["original/labels"]) == scorer.settings.samples

@@ -445,6 +445,9 @@ def generated_samples(out: Path, seed_dir: Path, shown: int = 36) -> Path:
     with np.load(seed_dir / "samples.npz") as z:
         arrays = {k: z[k] for k in z.files}
     forgotten = set(arrays.pop("forget_classes", np.zeros(0, np.int64)).tolist())
+    # the data set's classes (a file written before they were saved: those any label or request names)
+    classes = int(arrays.pop("num_classes", 1 + max([*forgotten, *(int(v.max()) for k, v in arrays.items()
+                                                                   if k.endswith("/labels") and v.size)])))
     models = list(dict.fromkeys(k.split("/")[0] for k in arrays))
     side = int(math.ceil(math.sqrt(shown)))
     fig, axes = plt.subplots(len(models), 2, figsize=(8.5, 2.6 * len(models)), squeeze=False,
@@ -463,7 +466,7 @@ def generated_samples(out: Path, seed_dir: Path, shown: int = 36) -> Path:
         ax_img.set_xticks([])
         ax_img.set_yticks([])
         ax_img.set_ylabel(name, fontsize=9)
-        counts = np.bincount(labels, minlength=10) / len(labels)
+        counts = np.bincount(labels, minlength=classes) / len(labels)
         ax_hist.bar(np.arange(len(counts)), counts,
                     color=["tab:red" if c in forgotten else "tab:blue" for c in range(len(counts))])
         ax_hist.set_xticks(np.arange(len(counts)))

@@ -254,7 +254,8 @@ class GenerativeScorer(EvaluationSets):
 
     def write_artifacts(self, models: dict[str, Weights], out: Path) -> None:
         """Every model's generated samples and their auxiliary labels to ``out/samples.npz`` (the report's grid)."""
-        arrays = {"forget_classes": np.asarray(self.forget_classes, dtype=np.int64)}
+        arrays = {"forget_classes": np.asarray(self.forget_classes, dtype=np.int64),
+                  "num_classes": np.int64(self.data.num_classes)}  # the histogram's bars, empty classes included
         for name, weights in models.items():
             arrays[f"{name}/images"], arrays[f"{name}/labels"] = self.generated(weights)
         atomic_savez(out / "samples.npz", **arrays)
