@@ -236,3 +236,18 @@ def test_the_samples_file_records_the_data_sets_classes(scored, tmp_path):
     with np.load(tmp_path / "samples.npz") as z:
         assert int(z["num_classes"]) == 10 and z["forget_classes"].tolist() == [7]
         assert len(z["original/labels"]) == scorer.settings.samples
+
+
+def test_the_serverapp_scores_on_one_blas_thread_so_rays_forks_cannot_deadlock():
+    """A resumed generative comparison fits the auxiliary classifier while Ray forks its processes: with
+    numpy's OpenBLAS on worker threads, its pre-fork handler waited on them forever (the run hung)."""
+    from threadpoolctl import threadpool_info
+
+    from fedunlearn.flower.runtime import fork_safe
+
+    def blas_threads(fed=None) -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    assert set(fork_safe(blas_threads, None)) == {1}
+    assert blas_threads() == before  # the limit holds for the ServerApp's job only
