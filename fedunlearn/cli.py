@@ -7,6 +7,7 @@
     fedunlearn run EXPERIMENT.toml [--seeds N] [--set key=value ...] [--out DIR] [--resume]
                    (an experiment with a [sweep] table runs once per point, fedunlearn.phases.sweep)
     fedunlearn probe RUN_DIR (--client 3 | --samples 3:poisoned | --class 7) [--metric backdoor] [--mode all|alone] [--max-rounds R] [--model DIR]
+                     [--reference DIR] (the retrained model, for the generative task's normalised forget_ll)
     fedunlearn plot DIR
     fedunlearn report DIR [--markdown] [--html] [--columns a,b,c]
 
@@ -214,7 +215,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from fedunlearn.phases.probe import prepare_probe, write_probes
 
     request = request_from_flags(args.client, args.samples, args.forget_class)
-    job = prepare_probe(args.run_dir, request, args.metric, args.mode, args.max_rounds, args.model or [])
+    job = prepare_probe(args.run_dir, request, args.metric, args.mode, args.max_rounds, args.model or [],
+                        args.reference)
     check_resources(job.cfg.simulation)
     out = _out_dir(args, Path(args.run_dir), None)  # a probe's curves replace the last ones
     results = run_federation(job.cfg.data.num_clients, job.cfg.simulation, job.run, out / "failures.log",
@@ -270,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("run_dir", help="a folder written by `fedunlearn train` (its model is the original)")
     request_args(probe)
     probe.add_argument("--model", action="append", help="also probe this folder's checkpoint (e.g. a strategy folder)")
-    probe.add_argument("--metric", default="auto", help="forget_acc, forget_loss, backdoor or auto")
+    probe.add_argument("--reference", metavar="DIR", help="the retrained model's folder (e.g. RUN/forget-retrain/"
+                                                          "strategies/retrain): what forget_ll is normalised by")
+    probe.add_argument("--metric", default="auto", help="forget_acc, forget_loss, backdoor, forget_ll (generative) "
+                                                        "or auto")
     probe.add_argument("--mode", default="all", choices=["all", "alone"], help="re-add to all clients, or alone (SGD steps)")
     probe.add_argument("--max-rounds", type=int, help="probe cap R_max (default from the config)")
     probe.add_argument("--out", help="the curves go to OUT/probe/MODE.csv (default RUN_DIR)")

@@ -376,7 +376,8 @@ class ExperimentConfig:
         require(self.train.min_train_clients <= self.data.num_clients, "train.min_train_clients",
                 f"must be in 0..{self.data.num_clients} (got {self.train.min_train_clients})")
         require(self.probe.metric != "backdoor" or self.has_trigger(), "probe.metric",
-                "backdoor needs data.backdoor.clients with a trigger (patch_size > 0); use forget_acc")
+                "backdoor needs data.backdoor.clients with a trigger (patch_size > 0); use auto (the task's "
+                "forget metric: forget_acc for a classifier, forget_ll for the generative task)")
         validate_requests(self.forget_requests(), self.data.num_clients, self.train.rounds, "forget")
         dilution = self.model.dilution
         require(not dilution.active or dilution.mode != "late" or dilution.finetune_rounds < self.train.rounds,

@@ -276,7 +276,7 @@ def test_selection_maximises_mean_delay_among_entries_within_the_accuracy_bar():
     assert set(by) == {"s-a", "s-b", "s-c", "c-a", "c-b"}  # retrain and puf are no candidates
     assert (by["s-a"].delay, by["s-a"].censored, by["s-a"].side, by["s-a"].decay) == (7.0, 1, "server", 0.1)
     assert by["s-b"].delay == 11.0 and not by["s-b"].eligible  # the longest delay, below the bar
-    assert by["c-a"].val_acc == pytest.approx(0.955) and by["c-a"].eligible
+    assert by["c-a"].validation == pytest.approx(0.955) and by["c-a"].eligible
     chosen = select(SUMMARY)
     assert chosen["server"].label == "s-c"  # ties with s-a at 7; the lower AUC wins
     assert chosen["client"].label == "c-a"
@@ -288,6 +288,17 @@ def test_selection_refuses_a_sweep_without_validation_accuracy():
     rows = [{**r, "val_acc": ""} for r in SUMMARY]
     with pytest.raises(ValueError, match="data.validation"):
         select(rows)
+
+
+def test_selection_reads_the_generative_validation_log_likelihood():
+    """A generative sweep holds val_ll (nats per sample), not val_acc: the bar is retrain's val_ll, never
+    'needs data.validation' when a split was held out."""
+    rows = [{**{k: v for k, v in r.items() if k != "val_acc"}, "val_ll": str(-25 + 10 * float(r["val_acc"]))}
+            for r in SUMMARY]
+    found, bar = candidates(rows, tolerance=0.1)
+    assert bar == pytest.approx(-25 + 9.6 - 0.1)
+    assert {c.label for c in found if c.eligible} == {c.label for c in candidates(SUMMARY)[0] if c.eligible}
+    assert "mean val_ll" in selection_table(rows, tolerance=0.1)
 
 
 def test_the_validation_setting_is_in_a_settings_record_only_when_a_split_is_held_out():

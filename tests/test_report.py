@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fedunlearn.cli import main
@@ -159,3 +160,162 @@ def test_no_legend_covers_data_or_labels_even_with_60_character_names(tmp_path, 
     assert sorted(seen) == ["accuracy_over_rounds.png", "cost_vs_quality.png", "gaps_to_retrain.png",
                             "relearning_curves.png"]
     assert problems == []
+
+
+def drawn_figure(monkeypatch, draw):
+    """The figure ``draw()`` hands to ``_save``, laid out as saved (tight layout, drawn)."""
+    from fedunlearn.report import plots
+
+    figures = []
+
+    def keep(fig, path):
+        fig.tight_layout()
+        fig.canvas.draw()
+        figures.append(fig)
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    draw()
+    return figures[0]
+
+
+def test_an_unmeasurable_probe_says_so_instead_of_drawing_empty_axes(tmp_path, monkeypatch):
+    """Every curve n/a (the generative r when the original and retrain do not separate): the panel says why,
+    with no legend of lines that cover nothing and no axes around nothing."""
+    from fedunlearn.report import plots
+
+    write_results(tmp_path, seeds=(0,))
+    nan = ProbeResult("forget_ll", "rounds", [float("nan")] * 3, float("nan"))
+    write_probes(tmp_path / "seed-0", {"all": {n: nan for n in ["original", *NAMES]}})
+    rows = read_csv(tmp_path / "summary.csv")
+    fig = drawn_figure(monkeypatch, lambda: plots.relearning_curves(tmp_path, [tmp_path / "seed-0"], rows))
+    (ax,) = fig.axes
+    assert ax.get_legend() is None and not ax.lines and not ax.axison
+    assert any("not measurable" in t.get_text() for t in ax.texts)
+
+
+def whole(ticks, low: float, high: float) -> bool:
+    inside = [t for t in ticks if low <= t <= high]
+    return bool(inside) and all(float(t).is_integer() for t in inside)
+
+
+def test_rounds_and_delays_are_whole_numbers_on_the_axes(tmp_path, monkeypatch):
+    """A few rounds (a tiny run) would otherwise get ticks at round 1.5 and delays of 0.25 rounds."""
+    from fedunlearn.report import plots
+
+    write_results(tmp_path, seeds=(0,))
+    rows = read_csv(tmp_path / "summary.csv")
+    fig = drawn_figure(monkeypatch, lambda: plots.relearning_curves(tmp_path, [tmp_path / "seed-0"], rows))
+    assert whole(fig.axes[0].get_xticks(), 0, 3)
+    train = [{"round": r, "test_ll": -30 + r, "forget_ll": -31 + r, "forget_gap": -1.0} for r in range(1, 5)]
+    atomic_write_text(tmp_path / "short" / "train" / "rounds.csv", csv_text(train, list(train[0])))
+    fig = drawn_figure(monkeypatch, lambda: plots.metrics_over_rounds(tmp_path, [tmp_path / "short"], [], set()))
+    assert whole(fig.axes[-1].get_xticks(), 1, 4)
+    sweep = [{"sweep:model.dilution.sparsity": s, "strategy": "puf", "seed": 0, "test_ll": -20.0, "gap_forget_ll": 1.0,
+              "relearn_delay": str(1 + int(s > 0))} for s in (0.0, 0.8)]
+    atomic_write_text(tmp_path / "sweep.csv", csv_text(sweep, list(sweep[0])))
+    fig = drawn_figure(monkeypatch, lambda: plots.sweep_plot(tmp_path))
+    assert whole(fig.axes[2].get_yticks(), 1, 2)
+
+
+def test_the_samples_figure_title_covers_no_panel_title(tmp_path, monkeypatch):
+    from matplotlib.transforms import Bbox
+
+    from fedunlearn.report import plots
+
+    rng = np.random.default_rng(0)
+    arrays = {"forget_classes": np.array([7])}
+    for name in ["original", "retrain", "natural", "puf", "puf-ieu", "pga", "not"]:  # a comparison's seven
+        arrays[f"{name}/images"] = (rng.random((40, 8, 8)) > 0.5).astype(np.float32)
+        arrays[f"{name}/labels"] = rng.integers(0, 10, 40)
+    np.savez(tmp_path / "samples.npz", **arrays)
+    fig = drawn_figure(monkeypatch, lambda: plots.generated_samples(tmp_path, tmp_path))
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    for ax in fig.axes:
+        inter = Bbox.intersection(title, ax.title.get_window_extent(renderer))
+        assert not ax.title.get_text() or inter is None or inter.width <= 1 or inter.height <= 1, ax.title.get_text()
+
+
+def test_a_generative_report_speaks_of_no_accuracy(tmp_path):
+    """The generative task's recovery target is retrain's log-likelihood: nothing in its report.md may say
+    accuracy (the classifier's word)."""
+    from fedunlearn.report import write_report
+
+    rows = [{"strategy": name, "seed": 0, "from_scratch": name == "retrain", "test_ll": -25.0, "forget_ll": -27.0,
+             "forget_gap": -2.0, "recovery_rounds": 3 if name == "puf" else "", "recovery_censored": name == "puf"}
+            for name in ["original", "retrain", "puf"]]
+    write_summary(tmp_path, rows)
+    text = write_report(tmp_path, []).read_text()
+    assert "> 3" in text and "accuracy" not in text.lower()
+
+
+def test_a_late_dilution_is_marked_where_it_pruned(tmp_path, monkeypatch):
+    """The metrics figure of a late-diluted run marks the pruning round, so its cliff is not left unexplained."""
+    from fedunlearn.config import load_config
+    from fedunlearn.report import plots
+    from fedunlearn.results import RunDir
+
+    root = Path(__file__).resolve().parents[1]
+    for mode, want in (("late", 7), ("early", None)):
+        cfg = load_config(root / "experiments/rbm_dilution.toml",
+                          ["sweep={}", "train.rounds=10", "model.dilution.sparsity=0.5",
+                           f"model.dilution.mode='{mode}'", "model.dilution.finetune_rounds=3"])
+        RunDir(tmp_path / mode).write_config(cfg)
+        assert plots.pruning_round(tmp_path / mode) == want
+    assert plots.pruning_round(tmp_path / "nowhere") is None
+    train = [{"round": r, "test_ll": -30.0 + r, "forget_ll": -31.0 + r, "forget_gap": -1.0} for r in range(1, 11)]
+    atomic_write_text(tmp_path / "seed-0" / "train" / "rounds.csv", csv_text(train, list(train[0])))
+    fig = drawn_figure(monkeypatch, lambda: plots.metrics_over_rounds(tmp_path, [tmp_path / "seed-0"], [], set(), 7))
+    assert all(any("pruned (late dilution)" in t.get_text() for t in ax.texts) for ax in fig.axes)
+
+
+def test_a_folder_without_a_retrained_reference_draws_no_empty_gap_figures(tmp_path):
+    """A ``fedunlearn forget`` folder (rows original and one strategy, no retrain) has no gap to draw: no
+    gaps_to_retrain.png or cost_vs_quality.png of empty axes, on either task."""
+    from fedunlearn.report import plots
+
+    for task, metrics in {"generative": {"test_ll": -25.0, "forget_ll": -27.0, "forget_gap": -2.0},
+                          "classification": {"test_acc": 0.9, "forget_acc": 0.2, "retain_acc": 0.95}}.items():
+        out = tmp_path / task
+        write_summary(out, [{"strategy": "original", "seed": 0, **metrics},
+                            {"strategy": "puf", "seed": 0, "from_scratch": False, "client_epochs": 18.0, **metrics}])
+        assert plots.draw_all(out) == []
+        assert not (out / "plots" / "gaps_to_retrain.png").exists()
+
+
+def test_the_auxiliary_classifiers_accuracy_has_no_gap_column(tmp_path):
+    """aux_test_acc is the same for every model (the auxiliary classifier's): its gap would be 0 by construction."""
+    rows = [{"strategy": name, "seed": 0, "from_scratch": name == "retrain", "test_ll": -25.0 - i,
+             "aux_test_acc": 0.92} for i, name in enumerate(["original", "retrain", "puf"])]
+    write_summary(tmp_path, rows)
+    columns = list(read_csv(tmp_path / "summary.csv")[0])
+    assert "aux_test_acc" in columns and "gap_test_ll" in columns and "gap_aux_test_acc" not in columns
+
+
+def test_gap_error_bars_are_the_sample_std_of_report_md_and_absent_for_one_seed(tmp_path, monkeypatch):
+    from fedunlearn.report import plots
+
+    write_results(tmp_path)  # two seeds: puf's backdoor gap is 0.2 and 0.25
+    rows, names = read_csv(tmp_path / "summary.csv"), NAMES
+    fig = drawn_figure(monkeypatch, lambda: plots.gaps_to_retrain(tmp_path, rows, names, {"retrain"}))
+    (ax,) = fig.axes
+    bars = [c for c in ax.containers if c.get_label() == "puf"][0]
+    column = [t.get_text() for t in ax.get_xticklabels()].index("backdoor_asr")
+    low, high = bars.errorbar.lines[2][0].get_segments()[column][:, 1]  # the vertical bar of that metric
+    assert high - low == pytest.approx(2 * np.std([0.2, 0.25], ddof=1))
+    one = [r for r in rows if r["seed"] == "0"]
+    fig = drawn_figure(monkeypatch, lambda: plots.gaps_to_retrain(tmp_path, one, names, {"retrain"}))
+    assert all(c.errorbar is None for c in fig.axes[0].containers) and "1 seed" in fig.axes[0].get_title()
+
+
+def test_the_samples_histogram_has_a_bar_per_class_of_the_data_set(tmp_path, monkeypatch):
+    """Four classes (synthetic data) draw four bars, not digits' ten."""
+    from fedunlearn.report import plots
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "samples.npz", forget_classes=np.array([1]), num_classes=np.int64(4),
+             **{"original/images": (rng.random((20, 8)) > 0.5).astype(np.float32),
+                "original/labels": rng.integers(0, 4, 20)})
+    fig = drawn_figure(monkeypatch, lambda: plots.generated_samples(tmp_path, tmp_path))
+    assert len(fig.axes[1].patches) == 4

@@ -35,6 +35,7 @@ def generative(*overrides: str):
     (["forgetting.strategies=['retrain', 'pga+augment']"], "pga+augment needs a classifier"),
     (["forgetting.strategies=['retrain', 'influence']"], "influence needs a classifier"),
     (["probe.metric='forget_acc'"], "probe.metric: 'forget_acc' does not apply to the generative task"),
+    (["probe.metric='backdoor'"], "use auto (the task's forget metric"),  # never a fix the task refuses
     (["data.backdoor.clients=[0]"], "data.backdoor.clients: a backdoor is measured by a classifier"),
     (["data.binarize=0"], "data.binarize: the generative task models binary data"),
 ])
@@ -159,3 +160,94 @@ def test_a_probe_normalised_by_the_reference_is_stale_once_the_reference_changes
     assert before.strategies["retrain"].fingerprint != after.strategies["exact"].fingerprint
     original = [p.probes["all", "original"].fingerprint for p in (before, after)]
     assert (original[0] != original[1]) == normalised
+
+
+def trained_run(folder: Path, cfg) -> Path:
+    """A folder as ``fedunlearn train`` leaves it (config and checkpoint), its model the initial one: enough for
+    everything the probe command checks before it starts a federation."""
+    from fedunlearn.results import RunDir
+
+    run = RunDir(folder)
+    run.write_config(cfg)
+    scorer = task_of(cfg).scorer(cfg, federated_data(cfg.data, cfg.seed))
+    run.save_checkpoint(scorer.initial_weights(), cfg.train.rounds)
+    return folder
+
+
+def test_the_probe_command_normalises_the_generative_probe_by_the_reference_it_is_given(tmp_path, capsys):
+    from fedunlearn.phases.probe import prepare_probe
+    from fedunlearn.results import RunDir
+
+    run = trained_run(tmp_path / "train", generative())
+    reference = trained_run(tmp_path / "retrain", generative("seed=1"))  # any other model will do
+    code = main(["probe", str(run), "--class", "7"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--reference: the probe metric forget_ll is normalised" in err[0], err
+    assert not (run / "probe").exists()
+    job = prepare_probe(run, ForgetRequest(classes=[7]), "auto", "all", None, [], str(reference))
+    want, _ = RunDir(reference).load_checkpoint()
+    assert all(np.array_equal(a, b) for a, b in zip(job.reference, want, strict=True))
+    with pytest.raises(ConfigError, match="--reference: .* holds no checkpoint"):
+        prepare_probe(run, ForgetRequest(classes=[7]), "auto", "all", None, [], str(tmp_path))
+    classifier = trained_run(tmp_path / "class", load_config(ROOT / "experiments/class.toml", ["data.num_clients=3"]))
+    with pytest.raises(ConfigError, match="--reference: the probe metric forget_acc reads no reference model"):
+        prepare_probe(classifier, ForgetRequest(classes=[7]), "auto", "all", None, [], str(reference))
+
+
+def test_an_unmeasurable_probe_runs_no_rounds_and_says_why():
+    """r is NaN at the original when it and the reference do not separate: every curve is n/a from the
+    start, so no federation round is spent on it (``fed`` is None here: a round would fail)."""
+    from fedunlearn.phases.probe import probe_models
+
+    class Unseparated:
+        num_arrays = 1
+
+        def probe_value(self, metric, original, reference):
+            return lambda weights: float("nan")
+
+    cfg = generative("probe.modes=['all', 'alone']", "probe.max_rounds=3", "probe.alone_max_steps=4")
+    logs = []
+    results = probe_models(None, cfg, Unseparated(), [np.zeros(2)], {"original": [np.zeros(2)], "puf": [np.ones(2)]},
+                           log=logs.append)
+    assert {mode: {n: (r.delay_text, r.unit, r.cap) for n, r in by.items()} for mode, by in results.items()} == {
+        "all": {"original": ("n/a", "rounds", 3), "puf": ("n/a", "rounds", 3)},
+        "alone": {"original": ("n/a", "steps", 4), "puf": ("n/a", "steps", 4)}}
+    assert any("forget_ll is not measurable" in line for line in logs)
+
+
+def test_the_forget_commands_rows_say_what_was_forgotten(monkeypatch):
+    """summary.csv's ``forgotten`` column, filled by a comparison, is filled by ``fedunlearn forget`` too."""
+    from types import SimpleNamespace
+
+    from fedunlearn.phases import forget
+    from fedunlearn.phases.forget import Cost, ForgetJob, StrategyOutcome
+
+    cfg = dataclasses.replace(generative(), forget=[ForgetRequest(classes=[7], round=2)])
+    monkeypatch.setattr(forget, "run_strategy", lambda *a, **k: StrategyOutcome("puf", [], [], Cost()))
+    scorer = SimpleNamespace(summary_metrics=lambda weights: {"forget_ll": -27.0})
+    job = ForgetJob(cfg, SimpleNamespace(label="puf"), SimpleNamespace(weights=[]), scorer)
+    rows = job.run(None, Path("unused"))
+    assert [(r["strategy"], r["forgotten"]) for r in rows] == [("original", "class 7"), ("puf", "class 7")]
+
+
+def test_the_samples_file_records_the_data_sets_classes(scored, tmp_path):
+    scorer, original, _ = scored
+    scorer.write_artifacts({"original": original}, tmp_path)
+    with np.load(tmp_path / "samples.npz") as z:
+        assert int(z["num_classes"]) == 10 and z["forget_classes"].tolist() == [7]
+        assert len(z["original/labels"]) == scorer.settings.samples
+
+
+def test_the_serverapp_scores_on_one_blas_thread_so_rays_forks_cannot_deadlock():
+    """A resumed generative comparison fits the auxiliary classifier while Ray forks its processes: with
+    numpy's OpenBLAS on worker threads, its pre-fork handler waited on them forever (the run hung)."""
+    from threadpoolctl import threadpool_info
+
+    from fedunlearn.flower.runtime import fork_safe
+
+    def blas_threads(fed=None) -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    assert set(fork_safe(blas_threads, None)) == {1}
+    assert blas_threads() == before  # the limit holds for the ServerApp's job only

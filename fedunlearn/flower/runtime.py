@@ -30,6 +30,7 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
+from threadpoolctl import threadpool_limits
 
 from fedunlearn.config import SimulationConfig
 from fedunlearn.flower import compat
@@ -327,6 +328,20 @@ def backend_config(sim: SimulationConfig) -> dict:
     return {"client_resources": {"num_cpus": sim.num_cpus, "num_gpus": sim.num_gpus}, "init_args": init_args}
 
 
+def fork_safe(job: Callable[[Federation], T], fed: Federation) -> T:
+    """``job(fed)`` with numpy's BLAS on one thread, as the ServerApp runs it.
+
+    Ray starts its processes by forking the main thread while the ServerApp's thread may already be
+    scoring (a resumed comparison starts with the summary metrics: the MIA's and the generative task's
+    logistic regressions). OpenBLAS's pre-fork handler waits for its worker threads, which a BLAS call
+    of the ServerApp, waiting for the GIL the forking thread holds, keeps busy: a deadlock. On one
+    thread a BLAS call runs in its caller and the workers stay idle. The clients train in their own
+    processes, and torch's threads are not OpenBLAS's, so training is not slowed.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return job(fed)
+
+
 def run_federation(num_clients: int, sim: SimulationConfig, job: Callable[[Federation], T],
                    failure_log: Path | None = None, resources_checked: bool = False) -> T:
     """Start a simulation of ``num_clients`` clients, run ``job`` in its ServerApp, return its result.
@@ -349,8 +364,9 @@ def run_federation(num_clients: int, sim: SimulationConfig, job: Callable[[Feder
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        outcome["result"] = job(Federation(grid, num_clients, timeout=sim.round_timeout_s,
-                                           max_failed_rounds=sim.max_failed_rounds, failure_log=failure_log))
+        outcome["result"] = fork_safe(job, Federation(grid, num_clients, timeout=sim.round_timeout_s,
+                                                      max_failed_rounds=sim.max_failed_rounds,
+                                                      failure_log=failure_log))
 
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
                    backend_name="ray", backend_config=backend_config(sim))

@@ -53,7 +53,7 @@ from fedunlearn.strategies.influence import (
     estimate_settings,
     retrain_estimate,
 )
-from fedunlearn.tasks import METRIC_COLUMNS, TASK_METRICS, probe_metric, task_of
+from fedunlearn.tasks import GAPPED_COLUMNS, METRIC_COLUMNS, TASK_METRICS, probe_metric, task_of
 
 SUMMARY_COLUMNS = ["strategy", "spec", "seed", "forgotten", "from_scratch", *METRIC_COLUMNS, "recovery_rounds",
                    "recovery_censored", "relearn_delay", "relearn_censored", "relearn_ratio_to_retrain", "relearn_auc", "relearn_unit",
@@ -64,7 +64,7 @@ AVERAGE_GAP = ("unlearn_acc", "mia_efficacy", "retain_acc", "test_acc")  # the c
 
 
 def gap_columns(columns: list[str]) -> list[str]:
-    return ["avg_gap"] + [f"gap_{m}" for m in METRIC_COLUMNS if m in columns]
+    return ["avg_gap"] + [f"gap_{m}" for m in GAPPED_COLUMNS if m in columns]
 
 
 def with_gaps(rows: list[dict]) -> list[dict]:
@@ -79,7 +79,7 @@ def with_gaps(rows: list[dict]) -> list[dict]:
             reference.setdefault(r["seed"], r)
     for r in rows:
         ref = reference.get(r["seed"], {})
-        for m in METRIC_COLUMNS:
+        for m in GAPPED_COLUMNS:
             value, base = r.get(m), ref.get(m)
             ok = isinstance(value, float) and isinstance(base, float) and not math.isnan(value) and not math.isnan(base)
             r[f"gap_{m}"] = abs(value - base) if ok else ""

@@ -264,7 +264,7 @@ class ForgetJob:
         RunDir(out).write_config(resolved(self.cfg))
         outcome = run_strategy(fed, self.cfg, self.spec, self.snapshot, out / "strategies" / self.spec.label,
                                self.scorer, log=log)
-        common = {"seed": self.cfg.seed, "forgotten": self.cfg.forget[0].describe()}
+        common = {"seed": self.cfg.seed, "forgotten": self.cfg.forget[0].describe()}  # as a comparison's rows
         return [{"strategy": "original", **common, **self.scorer.summary_metrics(self.snapshot.weights)},
                 {**outcome.row(), **common, **self.scorer.summary_metrics(outcome.weights)}]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,14 @@ def probe_alone(fed: Federation, cfg: ExperimentConfig, scorer: EvaluationSets, 
                             metric=metric, tau=tau, max_rounds=steps, timeout=fed.timeout, unit="steps")
 
 
+def not_measurable(cfg: ExperimentConfig, mode: str, metric: str) -> ProbeResult:
+    """The curve of a metric undefined from the start (NaN at the original: e.g. the generative r when the
+    original and the reference do not separate, docs/methods.md, "Generative task"): the probe's length of
+    NaN, written n/a, without running rounds whose every value would be NaN."""
+    cap, unit = (cfg.probe.max_rounds, "rounds") if mode == "all" else (cfg.probe.alone_max_steps, "steps")
+    return ProbeResult(metric, unit, [float("nan")] * (cap + 1), float("nan"))
+
+
 class ProbeCache:
     """Finished probes kept in their pieces' folders (``result.json``), reused while their settings match."""
 
@@ -149,6 +158,9 @@ def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: EvaluationSets,
     models = {name: split_filter(w, scorer.num_arrays)[0] for name, w in models.items()}
     value = scorer.probe_value(metric, original, original if reference is None else reference)
     tau = threshold(metric, value(original), cfg.probe.alpha)
+    if math.isnan(tau):
+        log(f"  probe: {metric} is not measurable (the original and the reference do not differ by probe.alpha "
+            "on the forget set): every delay is n/a, no probe rounds run")
     results: dict[str, dict[str, ProbeResult]] = {}
     for mode in cfg.probe.modes:
         results[mode] = {}
@@ -157,6 +169,9 @@ def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: EvaluationSets,
             if res is not None:
                 results[mode][name] = res
                 log(f"  probe [{mode}] {name}: already done with these settings, reusing it")
+                continue
+            if math.isnan(tau):
+                results[mode][name] = not_measurable(cfg, mode, metric)
                 continue
             try:
                 res = (probe_all if mode == "all" else probe_alone)(fed, cfg, scorer, weights, value, tau,
@@ -192,14 +207,39 @@ class ProbeJob:
     original: Weights
     models: dict[str, Weights]
     masks: dict[str, Mask | None] = field(default_factory=dict)
+    reference: Weights | None = None
 
     def run(self, fed: Federation, log=print) -> dict[str, dict[str, ProbeResult]]:
-        return probe_models(fed, self.cfg, self.scorer, self.original, self.models, log=log, masks=self.masks)
+        return probe_models(fed, self.cfg, self.scorer, self.original, self.models, log=log, masks=self.masks,
+                            reference=self.reference)
+
+
+def _checkpoint_of(path: str, flag: str) -> Weights:
+    """The model a strategy folder or training run at ``path`` keeps (ConfigError naming ``flag`` if none)."""
+    model = RunDir(path)
+    if not model.checkpoint.exists():
+        raise ConfigError(f"{flag}: {path} holds no checkpoint/global.npz; pass a strategy folder "
+                          "(e.g. RUN/forget-puf/strategies/puf) or a training run")
+    return model.load_checkpoint()[0]
+
+
+def _check_reference(cfg: ExperimentConfig, reference_dir: str | None) -> None:
+    """A metric normalised by the retrained model (the generative task's r, docs/methods.md, "Generative
+    task") needs ``--reference``, as ``fedunlearn run`` normalises by its retrain; any other refuses it."""
+    metric = probe_metric(cfg)
+    normalised = metric in task_of(cfg).normalised_probe_metrics
+    if normalised and reference_dir is None:
+        raise ConfigError(f"--reference: the probe metric {metric} is normalised by the retrained model (0 = retrain, "
+                          "1 = original); pass its folder, e.g. --reference RUN/forget-retrain/strategies/retrain "
+                          "(written by fedunlearn forget RUN with the same request and --strategy retrain)")
+    if not normalised and reference_dir is not None:
+        raise ConfigError(f"--reference: the probe metric {metric} reads no reference model; remove --reference")
 
 
 def prepare_probe(run_dir: str | Path, request: ForgetRequest, metric: str, mode: str, max_rounds: int | None,
-                  model_dirs: list[str]) -> ProbeJob:
-    """Check a probe request against a trained run; the original is that run's model."""
+                  model_dirs: list[str], reference_dir: str | None = None) -> ProbeJob:
+    """Check a probe request against a trained run; the original is that run's model, ``reference_dir``
+    the retrained model a normalised probe metric needs."""
     run = RunDir.trained(run_dir)
     cfg = load_config(run.config)
     request = dataclasses.replace(request, round=1)
@@ -211,17 +251,12 @@ def prepare_probe(run_dir: str | Path, request: ForgetRequest, metric: str, mode
         task_of(cfg).check(cfg, [])
     except ConfigError as err:
         raise ConfigError(str(err).replace("probe.metric:", "--metric:").replace("probe.max_rounds:", "--max-rounds:")) from None
+    _check_reference(cfg, reference_dir)
     original, _ = run.load_checkpoint()
     models, masks = {"original": original}, {"original": load_mask(run.path)}
     for path in model_dirs:
-        model = RunDir(path)
-        if not model.checkpoint.exists():
-            raise ConfigError(f"--model: {path} holds no checkpoint/global.npz; pass a strategy folder "
-                              "(e.g. RUN/forget-puf/strategies/puf) or a training run")
-        models[Path(path).name], _ = model.load_checkpoint()
+        models[Path(path).name] = _checkpoint_of(path, "--model")
         masks[Path(path).name] = load_mask(path)
-    if not task_of(cfg).classifier:
-        raise ConfigError(f"fedunlearn probe: the {cfg.task.name} task's probe metric is normalised by the retrained "
-                          "model; probe it inside a comparison (fedunlearn run)")
+    reference = _checkpoint_of(reference_dir, "--reference") if reference_dir is not None else None
     return ProbeJob(cfg, task_of(cfg).scorer(cfg, federated_data(cfg.data, cfg.seed), [request]), original, models,
-                    masks)
+                    masks, reference)

@@ -88,9 +88,27 @@ def _seeds_note(seed_dirs: list[Path]) -> str:
     return f"{n} seeds: thick line the mean, thin lines each seed" if n > 1 else seed_dirs[0].name
 
 
-def metrics_over_rounds(out: Path, seed_dirs: list[Path], names: list[str], scratch: set[str]) -> Path:
+def pruning_round(run_dir: Path) -> int | None:
+    """The round after which a late dilution pruned the model (docs/methods.md, "Dilution"): the cliff the
+    metrics figure marks. None for a dense or early-diluted model, or a folder without a readable config.toml
+    (a comparison written by another ServerApp)."""
+    from fedunlearn.config import load_config
+    from fedunlearn.dilution import prune_round
+    from fedunlearn.settings import ConfigError
+
+    try:
+        cfg = load_config(run_dir / "config.toml")
+    except (ConfigError, OSError):
+        return None
+    late = cfg.model.dilution.active and cfg.model.dilution.mode == "late"
+    return prune_round(cfg) if late else None
+
+
+def metrics_over_rounds(out: Path, seed_dirs: list[Path], names: list[str], scratch: set[str],
+                        pruned: int | None = None) -> Path:
     """The task's per-round metrics (rounds.csv, trajectory.csv) through training, unlearning and recovery:
-    ``accuracy_over_rounds.png`` for a classifier, ``likelihood_over_rounds.png`` for the generative task."""
+    ``accuracy_over_rounds.png`` for a classifier, ``likelihood_over_rounds.png`` for the generative task;
+    ``pruned``: the round after which a late dilution pruned the model, marked."""
     trains = [read_csv(d / "train" / "rounds.csv") for d in seed_dirs]
     panels = [k for k in ROUND_METRICS if k in trains[0][0] and any(not math.isnan(_f(r[k])) for r in trains[0])]
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), sharex=True, squeeze=False)
@@ -115,6 +133,10 @@ def metrics_over_rounds(out: Path, seed_dirs: list[Path], names: list[str], scra
                 _draw_seeds(ax, curves, colors[name], name, ls="--" if name in scratch else "-")
         ax.axvline(forget_round, color="black", ls=":", lw=1)
         ax.text(forget_round, 0.04, " forget request", transform=ax.get_xaxis_transform(), fontsize=8)
+        if pruned is not None:
+            ax.axvline(pruned, color="grey", ls="--", lw=1)
+            ax.text(pruned, 0.12, " pruned (late dilution)", transform=ax.get_xaxis_transform(), fontsize=8,
+                    color="dimgrey")
         ax.set_ylabel(f"{label.split(' (')[0]}\n({unit})")
         if bounded:
             ax.set_ylim(-0.02, 1.02)
@@ -122,6 +144,7 @@ def metrics_over_rounds(out: Path, seed_dirs: list[Path], names: list[str], scra
     what = "Accuracy" if "test_acc" in panels else "Log-likelihood"
     axes[0].set_title(f"{what} through training, unlearning and recovery ({_seeds_note(seed_dirs)})")
     axes[-1].set_xlabel("round (training, then each strategy's unlearning and recovery rounds)")
+    axes[-1].xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # rounds are counts (shared x)
     _legend_outside(fig, axes[0])
     return _save(fig, out / f"{'accuracy' if 'test_acc' in panels else 'likelihood'}_over_rounds.png")
 
@@ -156,13 +179,16 @@ def relearning_curves(out: Path, seed_dirs: list[Path], rows: list[dict]) -> Pat
                 delays[name] += [r.get(f"{prefix}_delay", "") for r in rows
                                  if r["strategy"] == name and r["seed"] == seed]
             thresholds.append(_f(data[0]["threshold"]))
+        ax.set_title(f"Relearning the forgotten data: mode '{mode}' ({_seeds_note(seed_dirs)})", fontsize=10)
+        if not any(not math.isnan(y) for seed_curves in curves.values() for c in seed_curves for _, y in c):
+            _not_measurable(ax, data[0].get("metric", "") if data else "")
+            continue
         colors = _colors(list(curves))
         for name, seed_curves in curves.items():
             _draw_seeds(ax, seed_curves, colors[name], curve_label(name, " / ".join(delays[name])), marker="o")
         ax.axhline(float(np.mean(thresholds)), color="black", ls=":", lw=1,
                    label="threshold: original's value x (1 -/+ alpha)" + (", mean over seeds" if len(thresholds) > 1 else ""))
         unit, metric = data[0]["unit"], data[0].get("metric", "")
-        ax.set_title(f"Relearning the forgotten data: mode '{mode}' ({_seeds_note(seed_dirs)})", fontsize=10)
         ax.set_xlabel(f"probe {unit} ({'FedAvg rounds, forgotten clients re-added' if unit == 'rounds' else 'local SGD steps of the forgotten clients alone'})")
         if metric == "forget_loss":
             ax.set_ylabel("forget loss (mean cross-entropy, nats)")
@@ -172,12 +198,26 @@ def relearning_curves(out: Path, seed_dirs: list[Path], rows: list[dict]) -> Pat
             names = {"backdoor": "backdoor attack success rate", "forget_acc": "forget accuracy"}
             ax.set_ylabel(f"{names.get(metric, 'forget metric')} (fraction)")
             ax.set_ylim(-0.02, 1.02)
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # probe rounds and steps are counts
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers nothing
     return _save(fig, out / "relearning_curves.png")
 
 
-def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[str]) -> Path:
+def _not_measurable(ax, metric: str) -> None:
+    """An empty probe panel says why instead of drawing axes around nothing: every curve is n/a
+    (docs/methods.md, "Generative task": r is undefined when the original's forget log-likelihood is
+    not above retrain's by probe.alpha, so there is nothing to relearn)."""
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, f"{metric or 'forget metric'}: n/a on every seed (not measurable)\n"
+            "the original and retrain do not differ by probe.alpha on the forget set,\n"
+            "so there is nothing to relearn and no delay to draw", ha="center", va="center",
+            transform=ax.transAxes, fontsize=9)
+
+
+def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[str]) -> Path | None:
+    """|metric − retrain's| per metric and strategy; None when no row has a gap (no retrained reference:
+    a ``fedunlearn forget`` folder), rather than empty axes."""
     bars = [(m, f"gap_{m}") for m in GAP_METRICS] + [AVERAGE_GAP_BAR]
     bars = [(label, col) for label, col in bars if any(not math.isnan(_f(r.get(col))) for r in rows)]
     unit = "fraction"
@@ -185,6 +225,8 @@ def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[
         bars = [(m, f"gap_{m}") for m in GENERATIVE_GAP_METRICS
                 if any(not math.isnan(_f(r.get(f"gap_{m}"))) for r in rows)]
         unit = "nats per sample"
+    if not bars:
+        return None
     shown = ["original"] + [n for n in names if n not in scratch]
     colors = _colors(["original"] + names)
     fig, ax = plt.subplots(figsize=(11, 4.5))
@@ -194,24 +236,29 @@ def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[
         for _, col in bars:
             vals = [_f(r.get(col)) for r in rows if r["strategy"] == name and not math.isnan(_f(r.get(col)))]
             means.append(np.mean(vals) if vals else np.nan)
-            stds.append(np.std(vals) if len(vals) > 1 else 0.0)
-        ax.bar(np.arange(len(bars)) + i * width, means, width, yerr=stds, capsize=3, color=colors[name], label=name)
-    seeds = len({r["seed"] for r in rows})
+            stds.append(np.std(vals, ddof=1) if len(vals) > 1 else 0.0)  # the sample std, as report.md's
+        seeds = len({r["seed"] for r in rows})
+        ax.bar(np.arange(len(bars)) + i * width, means, width, yerr=stds if seeds > 1 else None, capsize=3,
+               color=colors[name], label=name)
     ax.set_xticks(np.arange(len(bars)) + width * (len(shown) - 1) / 2, [label for label, _ in bars],
                   rotation=20, ha="right")
     ax.set_ylabel(f"|metric - retrain's metric| ({unit})")
     ax.set_xlabel("metric")
-    ax.set_title(f"Gap to the retrained model per metric (lower is closer to exact unlearning; "
-                 f"mean ± std over {seeds} seed(s))")
+    spread = f"mean ± sample std over {seeds} seeds" if seeds > 1 else "1 seed"
+    ax.set_title(f"Gap to the retrained model per metric (lower is closer to exact unlearning; {spread})")
     ax.grid(axis="y", alpha=0.3)
     _legend_outside(fig, ax)
     return _save(fig, out / "gaps_to_retrain.png")
 
 
-def cost_vs_quality(out: Path, rows: list[dict], names: list[str], backdoor: bool) -> Path:
+def cost_vs_quality(out: Path, rows: list[dict], names: list[str], backdoor: bool) -> Path | None:
+    """Client-epochs against the forgetting gap to retrain; None when no row has that gap (no retrained
+    reference), rather than empty axes."""
     key = "backdoor_asr" if backdoor else "forget_acc"
     if all(math.isnan(_f(r.get(f"gap_{key}"))) for r in rows):  # the generative task
         key = "forget_ll"
+    if all(math.isnan(_f(r.get(f"gap_{key}"))) for r in rows if r["strategy"] in names):
+        return None
     colors = _colors(["original"] + names)
     fig, ax = plt.subplots(figsize=(9.5, 5))
     for name in names:
@@ -398,6 +445,9 @@ def generated_samples(out: Path, seed_dir: Path, shown: int = 36) -> Path:
     with np.load(seed_dir / "samples.npz") as z:
         arrays = {k: z[k] for k in z.files}
     forgotten = set(arrays.pop("forget_classes", np.zeros(0, np.int64)).tolist())
+    # the data set's classes (a file written before they were saved: those any label or request names)
+    classes = int(arrays.pop("num_classes", 1 + max([*forgotten, *(int(v.max()) for k, v in arrays.items()
+                                                                   if k.endswith("/labels") and v.size)])))
     models = list(dict.fromkeys(k.split("/")[0] for k in arrays))
     side = int(math.ceil(math.sqrt(shown)))
     fig, axes = plt.subplots(len(models), 2, figsize=(8.5, 2.6 * len(models)), squeeze=False,
@@ -408,7 +458,7 @@ def generated_samples(out: Path, seed_dir: Path, shown: int = 36) -> Path:
             h = next(d for d in range(int(math.isqrt(images.shape[1])), 0, -1) if images.shape[1] % d == 0)
             images = images.reshape(len(images), h, images.shape[1] // h)
         h, w = images.shape[-2:]
-        grid = np.ones((side * (h + 1), side * (w + 1)))
+        grid = np.full((side * (h + 1), side * (w + 1)), 0.3)  # grey gaps: black would merge with the ink
         for i, img in enumerate(images[:side * side]):
             r, c = divmod(i, side)
             grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img.reshape(h, w)
@@ -416,7 +466,7 @@ def generated_samples(out: Path, seed_dir: Path, shown: int = 36) -> Path:
         ax_img.set_xticks([])
         ax_img.set_yticks([])
         ax_img.set_ylabel(name, fontsize=9)
-        counts = np.bincount(labels, minlength=10) / len(labels)
+        counts = np.bincount(labels, minlength=classes) / len(labels)
         ax_hist.bar(np.arange(len(counts)), counts,
                     color=["tab:red" if c in forgotten else "tab:blue" for c in range(len(counts))])
         ax_hist.set_xticks(np.arange(len(counts)))
@@ -428,7 +478,7 @@ def generated_samples(out: Path, seed_dir: Path, shown: int = 36) -> Path:
                          + ("; forgotten class(es) in red" if forgotten else ""), fontsize=9)
     axes[-1, 1].set_xlabel("class")
     fig.suptitle(f"Generated samples per model ({seed_dir.name}; Gibbs chains from random states: a picture, "
-                 "not the headline)", fontsize=10)
+                 "not the headline)", fontsize=10, y=1.0, va="bottom")
     return _save(fig, out / "generated_samples.png")
 
 
@@ -479,6 +529,8 @@ def sweep_plot(run_dir: str | Path) -> Path:
                         marker="o", ms=3, label=f"{name}{' (' + tag + ')' if tag else ''}")
         ax.set_xlabel(x_key.removeprefix("sweep:"))
         ax.set_ylabel(label)
+        if column == "relearn_delay":  # a count of probe rounds
+            ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.set_title(label.split(" (")[0], fontsize=10)
         ax.grid(alpha=0.3)
     seeds = len({r["seed"] for r in rows})
@@ -510,7 +562,7 @@ def draw_all(run_dir: str | Path) -> list[Path]:
     trained = seed_dirs and all((d / "train" / "rounds.csv").exists() for d in seed_dirs)
     costed = any(not math.isnan(_f(r.get("client_epochs"))) for r in rows if r["strategy"] in names)
     # a comparison written by anyone's ServerApp (write_comparison) may lack rounds and costs
-    drawn = [metrics_over_rounds(out, seed_dirs, names, scratch) if trained else None,
+    drawn = [metrics_over_rounds(out, seed_dirs, names, scratch, pruning_round(run_dir)) if trained else None,
              relearning_curves(out, seed_dirs, rows), gaps_to_retrain(out, rows, names, scratch),
              cost_vs_quality(out, rows, names, backdoor) if costed else None, step_sweep(out, rows),
              generated_samples(out, seed_dirs[0]) if seed_dirs and (seed_dirs[0] / "samples.npz").exists() else None]

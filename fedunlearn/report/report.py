@@ -108,7 +108,7 @@ def write_report(run_dir: str | Path, plots: list[Path]) -> Path:
              "never reached in R probe rounds); ratios with a censored side are bounds.", "",
              f"## Mean ± standard deviation over {len(seeds)} seed(s) ({', '.join(seeds)})", "",
              "The deviation is the sample one (n − 1). Where a seed's value is censored (a relearning delay "
-             "`> R`, recovery that never reached retrain's accuracy) the mean is a lower bound, shown `> m` "
+             "`> R`, recovery that never reached its target, retrain's validation or test score) the mean is a lower bound, shown `> m` "
              "with the censored values at their caps, without a deviation; text cells list each seed's value.", "",
              "| strategy | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, mine in by.items():

@@ -1,8 +1,8 @@
 """Choosing IEU's decay λ and noise σ from a sweep's summary, on the validation split (docs/methods.md, "IEU").
 
 The rule: per side (``server``, ``client``), among the ``+ieu`` entries of a comparison, keep those
-whose mean validation accuracy over seeds is at least the reference's (retrain's) mean validation
-accuracy minus ``tolerance`` (0.01), and choose the one with the longest mean relearning delay
+whose mean validation score over seeds (accuracy; the generative task's log-likelihood, nats per
+sample) is at least the reference's (retrain's) minus ``tolerance`` (0.01), and choose the one with the longest mean relearning delay
 over seeds; a censored delay (``> R``: never relearnt within the probe's cap R) counts as R + 1.
 Ties go to the lower mean relearning AUC (slower relearning), then to the cheaper entry (mean
 client-epochs). Nothing here reads a test column: the sweep (``experiments/ieu_sweep.toml``)
@@ -26,7 +26,8 @@ from fedunlearn.settings import ConfigError
 from fedunlearn.strategies import strategy_spec
 from fedunlearn.strategies.ieu import SIDES, IEUSettings
 
-ACCURACY, DELAY, AUC, COST = "val_acc", "relearn_delay", "relearn_auc", "client_epochs"
+DELAY, AUC, COST = "relearn_delay", "relearn_auc", "client_epochs"
+VALIDATION = ("val_acc", "val_ll")  # a classifier's validation accuracy, the generative task's log-likelihood
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Candidate:
     seeds: int
     delay: float  # mean relearning delay, a censored one counted as its cap + 1
     censored: int  # seeds whose delay was censored
-    val_acc: float
+    validation: float  # mean validation score (validation_column)
     auc: float
     client_epochs: float
     eligible: bool = False
@@ -68,6 +69,12 @@ def _number(raw) -> float:
         return float("nan")
 
 
+def validation_column(rows: list[dict]) -> str:
+    """The validation score the rows hold (both are higher-is-better): ``val_acc``, or ``val_ll`` on the
+    generative task; ``val_acc`` when neither is filled (no split held out)."""
+    return next((c for c in VALIDATION if any(not math.isnan(_number(r.get(c))) for r in rows)), VALIDATION[0])
+
+
 def ieu_settings(spec: str, forgetting: ForgettingConfig) -> IEUSettings | None:
     """The IEU settings of a summary row's ``spec`` (None when it has no IEU wrapper)."""
     try:
@@ -79,17 +86,18 @@ def ieu_settings(spec: str, forgetting: ForgettingConfig) -> IEUSettings | None:
 
 def candidates(rows: list[dict], forgetting: ForgettingConfig | None = None, reference: str = "retrain",
                tolerance: float = 0.01) -> tuple[list[Candidate], float]:
-    """Every IEU entry of ``rows`` (summary rows) with its means, and the accuracy bar it must meet.
+    """Every IEU entry of ``rows`` (summary rows) with its means, and the validation bar it must meet.
 
-    The bar is the reference's mean validation accuracy minus ``tolerance``. Raises ValueError when
-    the rows hold no validation accuracy (the sweep needs ``data.validation`` > 0).
+    The bar is the reference's mean validation score (:func:`validation_column`) minus ``tolerance``.
+    Raises ValueError when the rows hold none (the sweep needs ``data.validation`` > 0).
     """
     forgetting = forgetting or ForgettingConfig()
-    ref = [_number(r.get(ACCURACY)) for r in rows if r["strategy"] == reference]
+    column = validation_column(rows)
+    ref = [_number(r.get(column)) for r in rows if r["strategy"] == reference]
     bar = _mean(ref) - tolerance
     if math.isnan(bar):
-        raise ValueError(f"no {ACCURACY} for {reference!r}: the selection reads the validation split, so the sweep "
-                         "needs data.validation > 0")
+        raise ValueError(f"no {' or '.join(VALIDATION)} for {reference!r}: the selection reads the validation "
+                         "split, so the sweep needs data.validation > 0")
     out = []
     for label in dict.fromkeys(r["strategy"] for r in rows):
         mine = [r for r in rows if r["strategy"] == label]
@@ -98,9 +106,9 @@ def candidates(rows: list[dict], forgetting: ForgettingConfig | None = None, ref
             continue
         delays = [delay_value(r.get(DELAY)) for r in mine]
         c = Candidate(label, settings.side, settings.decay, settings.noise, len(mine), _mean([d for d, _ in delays]),
-                      sum(c for _, c in delays), _mean([_number(r.get(ACCURACY)) for r in mine]),
+                      sum(c for _, c in delays), _mean([_number(r.get(column)) for r in mine]),
                       _mean([_number(r.get(AUC)) for r in mine]), _mean([_number(r.get(COST)) for r in mine]))
-        c.eligible = c.val_acc >= bar
+        c.eligible = c.validation >= bar
         out.append(c)
     return out, bar
 
@@ -124,23 +132,24 @@ def selection_table(rows: list[dict], forgetting: ForgettingConfig | None = None
                     tolerance: float = 0.01, baselines: Sequence[str] = ("retrain", "puf")) -> str:
     """The sweep as a Markdown table (means over seeds), the chosen entry of each side marked."""
     found, bar = candidates(rows, forgetting, reference, tolerance)
+    column = validation_column(rows)
     chosen = {c.label for c in select(rows, forgetting, reference, tolerance).values() if c is not None}
-    lines = ["| entry | side | λ | σ | mean delay (censored) | mean val_acc | eligible | mean AUC | mean client-epochs |",
+    lines = [f"| entry | side | λ | σ | mean delay (censored) | mean {column} | eligible | mean AUC | mean client-epochs |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name in baselines:
         mine = [r for r in rows if r["strategy"] == name]
         if mine:
             delays = [delay_value(r.get(DELAY)) for r in mine]
             lines.append(f"| {name} |  |  |  | {_cell(_mean([d for d, _ in delays]))} ({sum(c for _, c in delays)}/"
-                         f"{len(mine)}) | {_cell(_mean([_number(r.get(ACCURACY)) for r in mine]))} |  | "
+                         f"{len(mine)}) | {_cell(_mean([_number(r.get(column)) for r in mine]))} |  | "
                          f"{_cell(_mean([_number(r.get(AUC)) for r in mine]))} | "
                          f"{_cell(_mean([_number(r.get(COST)) for r in mine]))} |")
     for c in found:
         mark = "**" if c.label in chosen else ""
         lines.append(f"| {mark}{c.label}{mark} | {c.side} | {c.decay:g} | {c.noise:g} | {_cell(c.delay)} "
-                     f"({c.censored}/{c.seeds}) | {_cell(c.val_acc)} | {'yes' if c.eligible else 'no'} | "
+                     f"({c.censored}/{c.seeds}) | {_cell(c.validation)} | {'yes' if c.eligible else 'no'} | "
                      f"{_cell(c.auc)} | {_cell(c.client_epochs)} |")
-    return "\n".join(lines) + f"\n\nBar: mean val_acc >= {reference}'s - {tolerance:g} = {bar:.3f}; a censored delay " \
+    return "\n".join(lines) + f"\n\nBar: mean {column} >= {reference}'s - {tolerance:g} = {bar:.3f}; a censored delay " \
         "counts as its cap + 1; chosen in bold."
 
 
@@ -148,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedunlearn.report.selection",
                                      description="choose IEU's decay and noise per side from a sweep's summary.csv")
     parser.add_argument("run_dir", help="a folder written by `fedunlearn run` (e.g. of experiments/ieu_sweep.toml)")
-    parser.add_argument("--tolerance", type=float, default=0.01, help="validation accuracy below retrain's allowed")
-    parser.add_argument("--reference", default="retrain", help="the row whose validation accuracy is the bar")
+    parser.add_argument("--tolerance", type=float, default=0.01, help="validation score below retrain's allowed "
+                                                                      "(val_acc: fraction; val_ll: nats per sample)")
+    parser.add_argument("--reference", default="retrain", help="the row whose validation score is the bar")
     args = parser.parse_args(argv)
     run = Path(args.run_dir)
     try:
@@ -158,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print(selection_table(rows, forgetting, args.reference, args.tolerance))
         for side, c in select(rows, forgetting, args.reference, args.tolerance).items():
             print(f"{side}: " + (f"{c.label} (decay {c.decay:g}, noise {c.noise:g}, mean delay {c.delay:.2f})"
-                                 if c else "no entry meets the accuracy bar"))
+                                 if c else "no entry meets the validation bar"))
     except (ConfigError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

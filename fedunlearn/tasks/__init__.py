@@ -16,7 +16,7 @@ from fedunlearn.evaluation.metrics import METRICS
 from fedunlearn.registry import Part, Registry, check_tables
 from fedunlearn.tasks.base import Task
 from fedunlearn.tasks.classification import ClassificationTask
-from fedunlearn.tasks.generative import GENERATIVE_METRICS, GenerativeTask
+from fedunlearn.tasks.generative import GENERATIVE_METRICS, MODEL_FREE_METRICS, GenerativeTask
 
 TASKS: Registry = Registry("task", "task.name")
 TASKS.register("classification", ClassificationTask)
@@ -24,6 +24,7 @@ TASKS.register("generative", GenerativeTask)
 
 TASK_METRICS = {"classification": list(METRICS), "generative": [*GENERATIVE_METRICS, "weight_dist_to_retrain"]}
 METRIC_COLUMNS = list(dict.fromkeys(m for ms in TASK_METRICS.values() for m in ms))  # in report order
+GAPPED_COLUMNS = [m for m in METRIC_COLUMNS if m not in MODEL_FREE_METRICS]  # those a model can differ in
 
 
 def task_part(cfg: TaskConfig) -> Part:
@@ -49,5 +50,5 @@ def probe_metric(cfg: ExperimentConfig) -> str:
     return cfg.probe.metric if cfg.probe.metric != "auto" else task_of(cfg).default_probe_metric(cfg)
 
 
-__all__ = ["METRIC_COLUMNS", "TASKS", "TASK_METRICS", "ClassificationTask", "GenerativeTask", "Task", "build_task", "probe_metric",
+__all__ = ["GAPPED_COLUMNS", "METRIC_COLUMNS", "TASKS", "TASK_METRICS", "ClassificationTask", "GenerativeTask", "Task", "build_task", "probe_metric",
            "task_of", "task_part"]

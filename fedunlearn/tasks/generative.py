@@ -44,6 +44,9 @@ from fedunlearn.training import Objective, set_weights
 
 GENERATIVE_METRICS = ["test_ll", "val_ll", "retain_ll", "forget_ll", "kept_ll", "forget_test_ll", "forget_gap",
                       "free_energy_gap", "gen_forget_share", "gen_entropy", "aux_test_acc"]
+# aux_test_acc is the auxiliary classifier's own test accuracy, the same for every model scored: a gap
+# to the reference would be 0 by construction, so it gets none
+MODEL_FREE_METRICS = frozenset({"aux_test_acc"})
 SAMPLE_STREAM, AIS_STREAM = 0x5A3, 0xA15  # the generated samples' and AIS's streams, apart from every other
 
 
@@ -251,7 +254,8 @@ class GenerativeScorer(EvaluationSets):
 
     def write_artifacts(self, models: dict[str, Weights], out: Path) -> None:
         """Every model's generated samples and their auxiliary labels to ``out/samples.npz`` (the report's grid)."""
-        arrays = {"forget_classes": np.asarray(self.forget_classes, dtype=np.int64)}
+        arrays = {"forget_classes": np.asarray(self.forget_classes, dtype=np.int64),
+                  "num_classes": np.int64(self.data.num_classes)}  # the histogram's bars, empty classes included
         for name, weights in models.items():
             arrays[f"{name}/images"], arrays[f"{name}/labels"] = self.generated(weights)
         atomic_savez(out / "samples.npz", **arrays)
