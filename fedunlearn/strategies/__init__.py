@@ -224,7 +224,7 @@ def resolve_strategies(cfg: ExperimentConfig) -> list[StrategySpec]:
             raise ConfigError(f"forgetting.strategies: {spec.label} {why}; remove it from the list or change its parts")
     needs = [s.label for s in specs if s.needs_history]
     if needs and not cfg.store.history:
-        raise ConfigError(f"forgetting.strategies: {', '.join(needs)} needs the pseudo-gradient history; "
+        raise ConfigError(f"forgetting.strategies: {', '.join(needs)} {'need' if len(needs) > 1 else 'needs'} the pseudo-gradient history; "
                           "set store.history = true")
     return specs
 
