@@ -215,7 +215,7 @@ def test_an_unmeasurable_probe_runs_no_rounds_and_says_why():
     assert any("forget_ll is not measurable" in line for line in logs)
 
 
-def test_the_forget_commands_rows_say_what_was_forgotten(monkeypatch):
+def test_the_forget_commands_rows_say_what_was_forgotten(monkeypatch, tmp_path):
     """summary.csv's ``forgotten`` column, filled by a comparison, is filled by ``fedunlearn forget`` too."""
     from types import SimpleNamespace
 
@@ -226,8 +226,9 @@ def test_the_forget_commands_rows_say_what_was_forgotten(monkeypatch):
     monkeypatch.setattr(forget, "run_strategy", lambda *a, **k: StrategyOutcome("puf", [], [], Cost()))
     scorer = SimpleNamespace(summary_metrics=lambda weights: {"forget_ll": -27.0})
     job = ForgetJob(cfg, SimpleNamespace(label="puf"), SimpleNamespace(weights=[]), scorer)
-    rows = job.run(None, Path("unused"))
+    rows = job.run(None, tmp_path)
     assert [(r["strategy"], r["forgotten"]) for r in rows] == [("original", "class 7"), ("puf", "class 7")]
+    assert load_config(tmp_path / "config.toml").forget[0].classes == [7]  # the folder says what it computed
 
 
 def test_the_samples_file_records_the_data_sets_classes(scored, tmp_path):
