@@ -27,7 +27,7 @@ from fedunlearn.settings import ConfigError, build
 
 __all__ = ["DATASETS", "PARTITIONERS", "ClientData", "Dataset", "FederatedData", "federated_data"]
 
-DATASETS: Registry = Registry("data set", "data.name")
+DATASETS: Registry = Registry("data set", "data.name", call=("settings", "seed"))
 DATASETS.register("digits", sources.load_digits_dataset)
 DATASETS.register("synthetic", sources.load_synthetic_dataset)
 DATASETS.register("mnist", sources._torchvision_loader("MNIST", "mnist"))
@@ -35,7 +35,7 @@ DATASETS.register("fashion-mnist", sources._torchvision_loader("FashionMNIST", "
 DATASETS.register("cifar10", sources.load_cifar10_dataset)
 DATASETS.register("dependent", sources.load_dependent_dataset)
 
-PARTITIONERS: Registry = Registry("partitioner", "data.partition")
+PARTITIONERS: Registry = Registry("partitioner", "data.partition", call=("labels", "num_clients", "settings", "rng"))
 PARTITIONERS.register("iid", partition.iid_partition)
 PARTITIONERS.register("dirichlet", partition.dirichlet_partition)
 PARTITIONERS.register("shards", partition.shard_partition)

@@ -62,6 +62,11 @@ def batchnorm_mlp(input_shape: tuple[int, ...], num_classes: int, settings: None
                          nn.Linear(8, num_classes))
 
 
+def not_a_model(input_shape: tuple[int, ...], num_classes: int, settings: None) -> str:
+    """The right signature, the wrong result: refused before training."""
+    return "a model"
+
+
 @dataclass
 class ShrinkSettings:
     factor: float = 0.5
