@@ -121,6 +121,13 @@ def test_an_import_path_that_names_the_wrong_kind_of_object_fails_in_one_line():
         load_experiment(None, [*LAB, "model.name='tests.parts.lab:not_a_model'"])  # passed the checks before
 
 
+def test_a_label_taken_by_the_added_reference_is_refused():
+    with pytest.raises(ConfigError, match=r"the label 'retrain' names both 'puf' and 'retrain' \(the reference"):
+        check_parts(load_config(None, ['forgetting.strategies=[{ strategy = "puf", label = "retrain" }]']))
+    with pytest.raises(ConfigError, match=r"^forgetting.strategies: 'eta' in 'puf@eta' is not key=value"):
+        check_parts(load_config(None, ["forgetting.strategies=['puf@eta']"]))  # it named --set before
+
+
 def test_a_module_in_the_working_directory_is_found_as_the_console_script_runs(tmp_path, monkeypatch):
     from fedunlearn.registry import import_path
 
