@@ -70,6 +70,15 @@ ROWS = {
     "backdoor target beyond the classes": (run_argv("data.backdoor.target_label=99"),
                                            "data.backdoor.target_label: 99 is not a class of digits (0..9)"),
     "seed negative": (run_argv("seed=-1"), "seed: must be >= 0 (got -1)"),
+    # seen only on the data: these used to start Ray and leave config.toml behind
+    "class the data set lacks": (run_argv("forget=[{classes=[12]}]", "forgetting.strategies=['retrain', 'puf']"),
+                                 "forget[0].classes: 12 is not a class of the data set (0..9)"),
+    "poisoned samples of a clean client": (run_argv("forget=[{clients=[3], samples='poisoned'}]",
+                                                    "forgetting.strategies=['retrain', 'puf']"),
+                                           "forget[0].samples: client 3 has no poisoned samples"),
+    "index beyond the client on the second seed": (
+        [*run_argv("forget=[{clients=[7], samples=[200]}]", "forgetting.strategies=['retrain', 'puf']"), "--seeds", "2"],
+        "forget[0].samples: index 200 is beyond client 7's 115 train samples"),  # 217 on seed 0
 }
 
 
