@@ -177,7 +177,8 @@ def relearning_curves(out: Path, seed_dirs: list[Path], rows: list[dict]) -> Pat
     return _save(fig, out / "relearning_curves.png")
 
 
-def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[str]) -> Path:
+def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[str]) -> Path | None:
+    """Each metric's gap to retrain per strategy; None when no row has a gap (a ``fedunlearn forget`` folder)."""
     bars = [(m, f"gap_{m}") for m in GAP_METRICS] + [AVERAGE_GAP_BAR]
     bars = [(label, col) for label, col in bars if any(not math.isnan(_f(r.get(col))) for r in rows)]
     unit = "fraction"
@@ -185,6 +186,8 @@ def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[
         bars = [(m, f"gap_{m}") for m in GENERATIVE_GAP_METRICS
                 if any(not math.isnan(_f(r.get(f"gap_{m}"))) for r in rows)]
         unit = "nats per sample"
+    if not bars:
+        return None
     shown = ["original"] + [n for n in names if n not in scratch]
     colors = _colors(["original"] + names)
     fig, ax = plt.subplots(figsize=(11, 4.5))
@@ -208,16 +211,21 @@ def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[
     return _save(fig, out / "gaps_to_retrain.png")
 
 
-def cost_vs_quality(out: Path, rows: list[dict], names: list[str], backdoor: bool) -> Path:
-    key = "backdoor_asr" if backdoor else "forget_acc"
-    if all(math.isnan(_f(r.get(f"gap_{key}"))) for r in rows):  # the generative task
-        key = "forget_ll"
+def cost_vs_quality(out: Path, rows: list[dict], names: list[str], backdoor: bool) -> Path | None:
+    """Client-epochs against the forget metric's gap to retrain; None when no row has that gap.
+
+    A ``fedunlearn forget`` folder holds no retrained model, so it has no gaps to draw.
+    """
+    keys = ["backdoor_asr" if backdoor else "forget_acc", "forget_ll"]  # forget_ll: the generative task
+    key = next((k for k in keys if any(not math.isnan(_f(r.get(f"gap_{k}"))) for r in rows)), None)
+    if key is None:
+        return None
     colors = _colors(["original"] + names)
     fig, ax = plt.subplots(figsize=(9.5, 5))
     for name in names:
         mine = [r for r in rows if r["strategy"] == name]
         cost = np.mean([_f(r["client_epochs"]) for r in mine])
-        gap = np.mean([_f(r[f"gap_{key}"]) for r in mine])
+        gap = np.mean([_f(r.get(f"gap_{key}")) for r in mine])
         ax.scatter(cost, gap, s=60, color=colors[name], label=name, zorder=3)
     ax.set_xlabel("cost: client-epochs spent on forgetting (and recovery)")
     ax.set_ylabel(f"|{key} - retrain's {key}| ({ROUND_METRICS[key][1]})")
