@@ -119,6 +119,11 @@ def test_an_import_path_that_names_the_wrong_kind_of_object_fails_in_one_line():
         load_experiment(None, [*LAB, "data.name='tests.parts.lab:tiny_mlp'"])
     with pytest.raises(ConfigError, match=r"^model.name: 'tests.parts.lab:not_a_model' returned str, not a torch"):
         load_experiment(None, [*LAB, "model.name='tests.parts.lab:not_a_model'"])  # passed the checks before
+    with pytest.raises(ConfigError, match=r"^data.name: 'tests.parts.lab:blobs_as_arrays' returned tuple, not a "):
+        load_experiment(None, [*LAB, "data.name='tests.parts.lab:blobs_as_arrays'"])  # an AttributeError before
+    with pytest.raises(ConfigError, match=r"^data.name: 'tests.parts.lab:blobs_labelled_beyond' returned train "
+                                          r"labels in 3..5 with num_classes = 3"):
+        load_experiment(None, [*LAB, "data.name='tests.parts.lab:blobs_labelled_beyond'"])  # accepted before
 
 
 def test_a_label_taken_by_the_added_reference_is_refused():

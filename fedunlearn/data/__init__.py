@@ -194,7 +194,25 @@ def _loaded(key: str) -> Dataset:
     """A data set loaded once per process and key (resolving client rules and building data share it)."""
     raw = json.loads(key)
     source = DATASETS.get(raw["name"])
-    return source.obj(source.build_settings({source.name: raw["settings"]}, "data."), raw["seed"])
+    return checked(source.obj(source.build_settings({source.name: raw["settings"]}, "data."), raw["seed"]), raw["name"])
+
+
+def checked(ds: object, name: str) -> Dataset:
+    """``ds`` if it is a Dataset whose labels fit its classes; else ConfigError naming ``data.name``.
+
+    A user's data set that breaks this would otherwise fail far from its cause: an AttributeError
+    while partitioning, or a label beyond the classes inside a client's cross-entropy, after Ray started.
+    """
+    if not isinstance(ds, Dataset):
+        raise ConfigError(f"data.name: {name!r} returned {type(ds).__name__}, not a fedunlearn.data.Dataset")
+    for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+        if len(x) != len(y):
+            raise ConfigError(f"data.name: {name!r} returned {len(x)} {split} inputs and {len(y)} labels; "
+                              "give one label per input")
+        if len(y) and not (0 <= y.min() and y.max() < ds.num_classes):
+            raise ConfigError(f"data.name: {name!r} returned {split} labels in {y.min()}..{y.max()} with num_classes "
+                              f"= {ds.num_classes}; labels must be in 0..num_classes - 1")
+    return ds
 
 
 def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
