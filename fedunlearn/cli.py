@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from pathlib import Path
 
 from fedunlearn.config import request_from_flags
 from fedunlearn.settings import ConfigError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT (128 + 2)
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
@@ -316,6 +318,26 @@ def main(argv: list[str] | None = None) -> int:
     except (FederationError, TooFewClientsError) as err:
         _remove_if_empty(getattr(args, "created", []))
         return _fail(str(err), code=1)
+    except KeyboardInterrupt:
+        _remove_if_empty(getattr(args, "created", []))
+        return _interrupted(args)
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    """One line for Ctrl-C, then exit at once if threads are left that Python would wait for forever.
+
+    Ctrl-C reaches Ray's processes too: Flower's ServerApp thread and its workers then wait for
+    replies that never come (up to ``simulation.round_timeout_s``, or for good in ``ray.get``), and
+    the interpreter joins them at exit. Every result is written atomically, so nothing is lost.
+    """
+    resume = " (finished pieces are kept: rerun with --resume to continue)" if hasattr(args, "resume") else ""
+    code = _fail(f"interrupted{resume}", code=EXIT_INTERRUPTED)
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if stuck:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

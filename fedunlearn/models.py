@@ -95,7 +95,7 @@ def logreg(input_shape: tuple[int, ...], num_classes: int, settings: object) -> 
     return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), num_classes))
 
 
-MODELS: Registry = Registry("model", "model.name")
+MODELS: Registry = Registry("model", "model.name", call=("input_shape", "num_classes", "settings"))
 MODELS.register("mlp", mlp, settings=HiddenWidth)
 MODELS.register("cnn", cnn, settings=HiddenWidth)
 MODELS.register("resnet_gn", resnet_gn)

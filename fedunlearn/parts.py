@@ -19,6 +19,7 @@ from fedunlearn.config import (
     validate_requests,
 )
 from fedunlearn.data import data_parts, federated_data, partition
+from fedunlearn.data.forget_sets import ForgetSets
 from fedunlearn.dilution import check_requests
 from fedunlearn.models import model_part
 from fedunlearn.registry import Part
@@ -117,12 +118,22 @@ def for_seed(cfg: ExperimentConfig, seed: int | None = None) -> ExperimentConfig
     return cfg
 
 
+def check_forget_sets(cfg: ExperimentConfig, seed: int | None = None) -> None:
+    """Build every forget request's sets on ``seed``'s partition (default: the experiment's).
+
+    A class the data set lacks, an index beyond its client's samples or ``poisoned`` on a clean
+    client is only visible on the data; checked here, it fails before any folder or Ray exists.
+    """
+    cfg = for_seed(cfg, seed)
+    ForgetSets.of(federated_data(cfg.data, cfg.seed), cfg.forget_requests(), cfg.seed)
+
+
 def load_experiment(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load an experiment, check its parts and build its data (missing files fail here, before any write).
+    """Load an experiment, check its parts, build its data and forget sets (bad input fails here, before any write).
 
     Returns the :func:`resolved` experiment; client rules stay rules (:func:`for_seed` resolves them).
     """
     cfg = resolved(load_config(path, overrides))
-    federated_data(for_seed(cfg).data, cfg.seed)
+    check_forget_sets(cfg)
     task_of(cfg).check(cfg, [])  # the task's own refusals, for training alone too (check_parts adds the strategies)
     return cfg

@@ -10,6 +10,7 @@ needs no line at all: name it by its import path in Flower's ``module:attr`` con
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -41,6 +42,9 @@ def import_path(path: str, field: str) -> Any:
     installed console script would not), so a lab's module beside its experiment is found.
     """
     module_name, _, attr = path.partition(":")
+    if not module_name or module_name.startswith(".") or not attr:  # importlib would raise a bare ValueError
+        raise ConfigError(f"{field}: {path!r} is not an import path; write 'module:attr' with an absolute module, "
+                          "e.g. 'mylab.nets:tiny_mlp'")
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     try:
@@ -64,10 +68,13 @@ class Registry(Generic[T]):
         What the parts are, for messages ("data set", "model", ...).
     field
         The config key that names one ("data.name"), for messages.
+    call
+        The positional arguments every part of this kind is called with (``("settings", "seed")``),
+        checked against a part named by import path as soon as it is imported; None: no check.
     """
 
-    def __init__(self, kind: str, field: str) -> None:
-        self.kind, self.field = kind, field
+    def __init__(self, kind: str, field: str, call: tuple[str, ...] | None = None) -> None:
+        self.kind, self.field, self.call = kind, field, call
         self._parts: dict[str, tuple[T, type | None]] = {}
         self._aliases: dict[str, str] = {}
 
@@ -103,9 +110,27 @@ class Registry(Generic[T]):
             return Part(name, obj, settings)
         if ":" in name:
             obj = import_path(name, field)
+            self._check_call(obj, name, field)
             return Part(name, obj, getattr(obj, "Settings", None))
         raise ConfigError(f"{field}: unknown {self.kind} {name!r}; choose one of {self.names()} "
                           "or give an import path 'module:attr'")
+
+    def _check_call(self, obj: Any, name: str, field: str) -> None:
+        """Refuse a user's object that cannot take this kind's arguments, before anything calls it.
+
+        Otherwise the first call, deep in data loading or model building, fails with a traceback
+        that names neither the config key nor the signature expected.
+        """
+        if self.call is None:
+            return
+        expected = f"({', '.join(self.call)})"
+        try:
+            inspect.signature(obj).bind(*self.call)
+        except TypeError as err:  # not callable, or the arguments do not fit
+            raise ConfigError(f"{field}: {name!r} cannot be called as a {self.kind} {expected} ({err}); "
+                              f"name a function or class taking {expected}") from None
+        except ValueError:  # no signature to inspect (some builtins): the call itself will tell
+            return
 
     def factory(self, name: str) -> Callable[..., Any]:
         return self.get(name).obj  # type: ignore[return-value]

@@ -106,6 +106,33 @@ def test_import_paths_resolve_and_fail_clearly():
         check_parts(load_config(None, [*LAB, "forgetting.strategies=['tests.parts.lab:blobs']"]))
 
 
+def test_an_import_path_that_names_the_wrong_kind_of_object_fails_in_one_line():
+    with pytest.raises(ConfigError, match=r"^model.name: ':tiny_mlp' is not an import path; write 'module:attr'"):
+        load_experiment(None, [*LAB, "model.name=':tiny_mlp'"])  # importlib's bare ValueError before
+    with pytest.raises(ConfigError, match=r"^model.name: 'tests.parts.lab:' is not an import path"):
+        load_experiment(None, [*LAB, "model.name='tests.parts.lab:'"])
+    with pytest.raises(ConfigError, match=r"^model.name: 'tests.parts.lab:blobs' cannot be called as a model "
+                                          r"\(input_shape, num_classes, settings\)"):
+        load_experiment(None, [*LAB, "model.name='tests.parts.lab:blobs'"])  # a TypeError traceback before
+    with pytest.raises(ConfigError, match=r"^data.name: 'tests.parts.lab:tiny_mlp' cannot be called as a data set "
+                                          r"\(settings, seed\)"):
+        load_experiment(None, [*LAB, "data.name='tests.parts.lab:tiny_mlp'"])
+    with pytest.raises(ConfigError, match=r"^model.name: 'tests.parts.lab:not_a_model' returned str, not a torch"):
+        load_experiment(None, [*LAB, "model.name='tests.parts.lab:not_a_model'"])  # passed the checks before
+    with pytest.raises(ConfigError, match=r"^data.name: 'tests.parts.lab:blobs_as_arrays' returned tuple, not a "):
+        load_experiment(None, [*LAB, "data.name='tests.parts.lab:blobs_as_arrays'"])  # an AttributeError before
+    with pytest.raises(ConfigError, match=r"^data.name: 'tests.parts.lab:blobs_labelled_beyond' returned train "
+                                          r"labels in 3..5 with num_classes = 3"):
+        load_experiment(None, [*LAB, "data.name='tests.parts.lab:blobs_labelled_beyond'"])  # accepted before
+
+
+def test_a_label_taken_by_the_added_reference_is_refused():
+    with pytest.raises(ConfigError, match=r"the label 'retrain' names both 'puf' and 'retrain' \(the reference"):
+        check_parts(load_config(None, ['forgetting.strategies=[{ strategy = "puf", label = "retrain" }]']))
+    with pytest.raises(ConfigError, match=r"^forgetting.strategies: 'eta' in 'puf@eta' is not key=value"):
+        check_parts(load_config(None, ["forgetting.strategies=['puf@eta']"]))  # it named --set before
+
+
 def test_a_module_in_the_working_directory_is_found_as_the_console_script_runs(tmp_path, monkeypatch):
     from fedunlearn.registry import import_path
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from fedunlearn import cli
 from fedunlearn.cli import main
 from fedunlearn.config import ConfigError, ForgetRequest, load_config
 from fedunlearn.data import federated_data
@@ -68,6 +70,15 @@ ROWS = {
     "backdoor target beyond the classes": (run_argv("data.backdoor.target_label=99"),
                                            "data.backdoor.target_label: 99 is not a class of digits (0..9)"),
     "seed negative": (run_argv("seed=-1"), "seed: must be >= 0 (got -1)"),
+    # seen only on the data: these used to start Ray and leave config.toml behind
+    "class the data set lacks": (run_argv("forget=[{classes=[12]}]", "forgetting.strategies=['retrain', 'puf']"),
+                                 "forget[0].classes: 12 is not a class of the data set (0..9)"),
+    "poisoned samples of a clean client": (run_argv("forget=[{clients=[3], samples='poisoned'}]",
+                                                    "forgetting.strategies=['retrain', 'puf']"),
+                                           "forget[0].samples: client 3 has no poisoned samples"),
+    "index beyond the client on the second seed": (
+        [*run_argv("forget=[{clients=[7], samples=[200]}]", "forgetting.strategies=['retrain', 'puf']"), "--seeds", "2"],
+        "forget[0].samples: index 200 is beyond client 7's 115 train samples"),  # 217 on seed 0
 }
 
 
@@ -79,6 +90,31 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(name, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert list(tmp_path.iterdir()) == []  # not even the --out folder
+
+
+def test_ctrl_c_gets_one_line_and_exits_even_with_a_thread_left_waiting(tmp_path, capsys, monkeypatch):
+    """Ctrl-C reaches Ray's processes too, and Flower's threads then wait for replies for good.
+
+    The command used to print a traceback and hang at exit, joining them; it must exit with 130.
+    """
+    release = threading.Event()
+    waiting = threading.Thread(target=release.wait)  # as Flower's ServerApp thread waits for replies
+    waiting.start()
+    exits: list[int] = []
+    monkeypatch.setattr(cli.os, "_exit", exits.append)
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_train", interrupted)
+    try:
+        code = main(["train", str(DEFAULT), "--out", str(tmp_path / "out")])
+    finally:
+        release.set()
+        waiting.join()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and exits == [130], (code, exits)
+    assert err == ["fedunlearn: error: interrupted (finished pieces are kept: rerun with --resume to continue)"]
 
 
 def test_ray_address_with_nothing_there_fails_within_seconds(tmp_path, capsys):

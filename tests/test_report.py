@@ -85,6 +85,18 @@ def test_plot_command_renders_every_plot_and_the_report(tmp_path, capsys):
     assert all(f"plots/{n}.png" in report for n in names)
 
 
+def test_plot_on_a_forget_folder_draws_no_gap_plots_and_writes_the_report(tmp_path, capsys):
+    """`fedunlearn forget` writes the original and one strategy, no retrain: there is no gap to draw."""
+    write_summary(tmp_path, [{"strategy": "original", "seed": 0, "test_acc": 0.92, "forget_acc": 0.98,
+                              "backdoor_asr": 0.97},
+                             {"strategy": "puf", "seed": 0, "from_scratch": False, "test_acc": 0.9, "forget_acc": 0.18,
+                              "backdoor_asr": 0.0, "client_epochs": 10.0, "rounds": 2, "recovery_rounds": 1}])
+    assert main(["plot", str(tmp_path)]) == 0  # a KeyError on gap_forget_ll before
+    assert not (tmp_path / "plots" / "cost_vs_quality.png").exists()
+    assert not (tmp_path / "plots" / "gaps_to_retrain.png").exists()  # an empty figure in nats before
+    assert "| puf |" in (tmp_path / "report.md").read_text()
+
+
 def test_plot_on_a_folder_without_results_exits_2(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
     assert "summary.csv" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from fedunlearn.settings import ConfigError, build
 
 __all__ = ["DATASETS", "PARTITIONERS", "ClientData", "Dataset", "FederatedData", "federated_data"]
 
-DATASETS: Registry = Registry("data set", "data.name")
+DATASETS: Registry = Registry("data set", "data.name", call=("settings", "seed"))
 DATASETS.register("digits", sources.load_digits_dataset)
 DATASETS.register("synthetic", sources.load_synthetic_dataset)
 DATASETS.register("mnist", sources._torchvision_loader("MNIST", "mnist"))
@@ -35,7 +35,7 @@ DATASETS.register("fashion-mnist", sources._torchvision_loader("FashionMNIST", "
 DATASETS.register("cifar10", sources.load_cifar10_dataset)
 DATASETS.register("dependent", sources.load_dependent_dataset)
 
-PARTITIONERS: Registry = Registry("partitioner", "data.partition")
+PARTITIONERS: Registry = Registry("partitioner", "data.partition", call=("labels", "num_clients", "settings", "rng"))
 PARTITIONERS.register("iid", partition.iid_partition)
 PARTITIONERS.register("dirichlet", partition.dirichlet_partition)
 PARTITIONERS.register("shards", partition.shard_partition)
@@ -194,7 +194,25 @@ def _loaded(key: str) -> Dataset:
     """A data set loaded once per process and key (resolving client rules and building data share it)."""
     raw = json.loads(key)
     source = DATASETS.get(raw["name"])
-    return source.obj(source.build_settings({source.name: raw["settings"]}, "data."), raw["seed"])
+    return checked(source.obj(source.build_settings({source.name: raw["settings"]}, "data."), raw["seed"]), raw["name"])
+
+
+def checked(ds: object, name: str) -> Dataset:
+    """``ds`` if it is a Dataset whose labels fit its classes; else ConfigError naming ``data.name``.
+
+    A user's data set that breaks this would otherwise fail far from its cause: an AttributeError
+    while partitioning, or a label beyond the classes inside a client's cross-entropy, after Ray started.
+    """
+    if not isinstance(ds, Dataset):
+        raise ConfigError(f"data.name: {name!r} returned {type(ds).__name__}, not a fedunlearn.data.Dataset")
+    for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+        if len(x) != len(y):
+            raise ConfigError(f"data.name: {name!r} returned {len(x)} {split} inputs and {len(y)} labels; "
+                              "give one label per input")
+        if len(y) and not (0 <= y.min() and y.max() < ds.num_classes):
+            raise ConfigError(f"data.name: {name!r} returned {split} labels in {y.min()}..{y.max()} with num_classes "
+                              f"= {ds.num_classes}; labels must be in 0..num_classes - 1")
+    return ds
 
 
 def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:

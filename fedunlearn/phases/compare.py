@@ -34,7 +34,7 @@ from fedunlearn.dilution import load_mask
 from fedunlearn.evaluation.probe import ProbeResult, delay_ratio
 from fedunlearn.flower.runtime import Federation
 from fedunlearn.io import atomic_write_text
-from fedunlearn.parts import check_parts, for_seed
+from fedunlearn.parts import check_forget_sets, check_parts, for_seed
 from fedunlearn.phases.forget import load_snapshot, run_strategy
 from fedunlearn.phases.probe import ProbeCache, probe_models, write_probes
 from fedunlearn.phases.train import train_phase
@@ -261,6 +261,8 @@ def check_comparison(cfg: ExperimentConfig, seeds: int = 1) -> list[StrategySpec
         raise ConfigError("forget: the experiment has no [[forget]] request; add one, e.g. [[forget]] clients = [0]")
     if seeds < 1:
         raise ConfigError("--seeds: must be >= 1")
+    for seed in range(cfg.seed, cfg.seed + seeds):  # each seed partitions anew: an index may fit one seed only
+        check_forget_sets(cfg, seed)
     return check_parts(cfg)
 
 

@@ -252,19 +252,20 @@ def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[
 
 
 def cost_vs_quality(out: Path, rows: list[dict], names: list[str], backdoor: bool) -> Path | None:
-    """Client-epochs against the forgetting gap to retrain; None when no row has that gap (no retrained
-    reference), rather than empty axes."""
-    key = "backdoor_asr" if backdoor else "forget_acc"
-    if all(math.isnan(_f(r.get(f"gap_{key}"))) for r in rows):  # the generative task
-        key = "forget_ll"
-    if all(math.isnan(_f(r.get(f"gap_{key}"))) for r in rows if r["strategy"] in names):
+    """Client-epochs against the forget metric's gap to retrain; None when no row has that gap.
+
+    A ``fedunlearn forget`` folder holds no retrained model, so it has no gaps to draw.
+    """
+    keys = ["backdoor_asr" if backdoor else "forget_acc", "forget_ll"]  # forget_ll: the generative task
+    key = next((k for k in keys if any(not math.isnan(_f(r.get(f"gap_{k}"))) for r in rows)), None)
+    if key is None:
         return None
     colors = _colors(["original"] + names)
     fig, ax = plt.subplots(figsize=(9.5, 5))
     for name in names:
         mine = [r for r in rows if r["strategy"] == name]
         cost = np.mean([_f(r["client_epochs"]) for r in mine])
-        gap = np.mean([_f(r[f"gap_{key}"]) for r in mine])
+        gap = np.mean([_f(r.get(f"gap_{key}")) for r in mine])
         ax.scatter(cost, gap, s=60, color=colors[name], label=name, zorder=3)
     ax.set_xlabel("cost: client-epochs spent on forgetting (and recovery)")
     ax.set_ylabel(f"|{key} - retrain's {key}| ({ROUND_METRICS[key][1]})")

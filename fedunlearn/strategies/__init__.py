@@ -137,7 +137,16 @@ def spec_parts(name: str) -> list[Part]:
 def _at_settings(written: str) -> tuple[str, list[tuple[list[str], Any]]]:
     """``NAME@key=value,...`` as (NAME, [(keys, value), ...])."""
     name, items = split_spec(written)
-    return name, [parse_override(item) for item in items]
+    return name, [_at_setting(item, written, name) for item in items]
+
+
+def _at_setting(item: str, written: str, name: str) -> tuple[list[str], Any]:
+    """One ``key=value`` after ``@``; its error names the strategy entry, not ``--set`` (which parses it)."""
+    try:
+        return parse_override(item)
+    except ConfigError:
+        raise ConfigError(f"forgetting.strategies: {item!r} in {written!r} is not key=value; write e.g. "
+                          f"{name}@key=value") from None
 
 
 def _entry(entry: str | dict[str, Any]) -> tuple[str, str, list[tuple[list[str], Any]]]:
@@ -188,6 +197,19 @@ def strategy_spec(entry: str | dict[str, Any], forgetting: ForgettingConfig) -> 
     return StrategySpec(label, parts, settings, spec)
 
 
+def _add_spec(specs: list[StrategySpec], spec: StrategySpec, note: str = "") -> None:
+    """Append ``spec`` unless an equal entry is there; refuse a label that already names another entry.
+
+    The added reference is checked too: a strategy labelled like it would share its rows and folder.
+    """
+    same = next((s for s in specs if s.label == spec.label), None)
+    if same is not None and same.spec != spec.spec:
+        raise ConfigError(f"forgetting.strategies: the label {spec.label!r} names both {same.spec!r} and "
+                          f"{spec.spec!r}{note}; give each entry its own label")
+    if same is None:
+        specs.append(spec)
+
+
 def resolve_strategies(cfg: ExperimentConfig) -> list[StrategySpec]:
     """Every listed strategy resolved and validated, the reference (from scratch) first.
 
@@ -201,15 +223,9 @@ def resolve_strategies(cfg: ExperimentConfig) -> list[StrategySpec]:
                               "in the tables of those parts")
     specs: list[StrategySpec] = []
     for entry in f.strategies:
-        spec = strategy_spec(entry, f)
-        same = next((s for s in specs if s.label == spec.label), None)
-        if same is not None and same.spec != spec.spec:
-            raise ConfigError(f"forgetting.strategies: the label {spec.label!r} names both {same.spec!r} and "
-                              f"{spec.spec!r}; give each entry its own label")
-        if same is None:
-            specs.append(spec)
+        _add_spec(specs, strategy_spec(entry, f))
     if not any(s.from_scratch for s in specs):
-        specs.insert(0, strategy_spec(REFERENCE, f))
+        _add_spec(specs, strategy_spec(REFERENCE, f), " (the reference, added when none is listed)")
     check_tables(f.settings, [p for s in specs for p in s.parts], [STRATEGIES, WRAPPERS], "forgetting.")
     specs.sort(key=lambda s: not s.from_scratch)
     for spec in specs:  # before any training: a pair that cannot run is refused now

@@ -7,16 +7,15 @@ from typing import Any
 
 from fedunlearn.config import ConfigError, ExperimentConfig, ForgetRequest
 from fedunlearn.data import FederatedData, partition
-from fedunlearn.models import model_part
+from fedunlearn.models import build_model
 from fedunlearn.training import Objective
 
 
 def is_energy_model(cfg: ExperimentConfig) -> bool:
     """Whether the experiment's model scores inputs by a free energy (the RBM) rather than class outputs."""
-    part = model_part(cfg.model)
-    settings = part.build_settings(cfg.model.settings, "model.")
     shape = partition(cfg.data, cfg.seed)[0].input_shape  # the data set is loaded once per process
-    return hasattr(part.obj(shape, 2, settings), "free_energy")
+    # build_model, not the bare factory: a user's model that returns no nn.Module fails here in one line
+    return hasattr(build_model(cfg.model, shape, 2, cfg.seed), "free_energy")
 
 
 class Task:

@@ -39,6 +39,25 @@ def blobs(settings: BlobSettings, seed: int) -> Dataset:
 blobs.Settings = BlobSettings
 
 
+def blobs_labelled_beyond(settings: BlobSettings, seed: int) -> Dataset:
+    """Blobs whose train labels run past num_classes: refused when loaded."""
+    ds = blobs(settings, seed)
+    ds.y_train = ds.y_train + settings.classes
+    return ds
+
+
+blobs_labelled_beyond.Settings = BlobSettings
+
+
+def blobs_as_arrays(settings: BlobSettings, seed: int) -> tuple[np.ndarray, ...]:
+    """The blobs as a tuple of arrays, not a Dataset: refused when loaded."""
+    ds = blobs(settings, seed)
+    return ds.x_train, ds.y_train, ds.x_test, ds.y_test
+
+
+blobs_as_arrays.Settings = BlobSettings
+
+
 @dataclass
 class TinySettings:
     width: int = 7
@@ -60,6 +79,11 @@ def batchnorm_mlp(input_shape: tuple[int, ...], num_classes: int, settings: None
     """Flatten -> Linear(8) -> BatchNorm1d -> ReLU -> Linear(classes): a model with buffers."""
     return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), 8), nn.BatchNorm1d(8), nn.ReLU(),
                          nn.Linear(8, num_classes))
+
+
+def not_a_model(input_shape: tuple[int, ...], num_classes: int, settings: None) -> str:
+    """The right signature, the wrong result: refused before training."""
+    return "a model"
 
 
 @dataclass
