@@ -262,6 +262,22 @@ def test_a_generative_report_speaks_of_no_accuracy(tmp_path):
     assert "> 3" in text and "accuracy" not in text.lower()
 
 
+@pytest.mark.parametrize("exact_max_hidden, says", [
+    (20, "are exact (log Z by enumeration of the hidden states)"),
+    (8, "are AIS estimates (log Z from 100 runs of 2000 temperatures)"),
+])
+def test_a_generative_report_says_whether_its_likelihoods_are_exact_or_estimated(tmp_path, exact_max_hidden, says):
+    """rbm.toml's RBM has 16 hidden units: exact up to exact_max_hidden, an AIS estimate above it."""
+    from fedunlearn.config import config_to_dict, load_config, to_toml
+    from fedunlearn.report import write_report
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "experiments/rbm.toml", [f"task.generative.exact_max_hidden={exact_max_hidden}"])
+    atomic_write_text(tmp_path / "config.toml", to_toml(config_to_dict(cfg)))
+    write_summary(tmp_path, [{"strategy": n, "seed": 0, "test_ll": -25.0, "forget_ll": -27.0} for n in ["original", "retrain"]])
+    assert f"Log-likelihoods (nats per sample) {says}" in write_report(tmp_path, []).read_text()
+
+
 def test_a_late_dilution_is_marked_where_it_pruned(tmp_path, monkeypatch):
     """The metrics figure of a late-diluted run marks the pruning round, so its cliff is not left unexplained."""
     from fedunlearn.config import load_config

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fedunlearn.config import load_config
 from fedunlearn.io import atomic_write_text
 from fedunlearn.report.table import markdown_table
 from fedunlearn.results import read_csv
 from fedunlearn.settings import ConfigError
+from fedunlearn.tasks import task_of
 
 TABLE = ["test_acc", "retain_acc", "forget_acc", "forget_test_acc", "kept_acc", "mia_efficacy", "mia_nn",
          "backdoor_asr", "test_ll", "forget_ll", "gap_forget_ll", "forget_gap", "free_energy_gap", "gen_forget_share",
@@ -97,6 +99,16 @@ class SummaryView:
         return cls(rows, dict(by), columns, sorted({r["seed"] for r in rows}, key=int))
 
 
+def task_notes(run_dir: Path) -> list[str]:
+    """What the folder's task says of how its metrics were computed (none without a config.toml: a
+    comparison written by anyone's ServerApp may have none)."""
+    config = run_dir / "config.toml"
+    if not config.exists():
+        return []
+    cfg = load_config(config)
+    return task_of(cfg).report_notes(cfg)
+
+
 def write_report(run_dir: str | Path, plots: list[Path]) -> Path:
     """``run_dir/report.md``: the mean ± std table over seeds, the per-seed table, and the plots."""
     run_dir = Path(run_dir)
@@ -106,6 +118,7 @@ def write_report(run_dir: str | Path, plots: list[Path]) -> Path:
              "Every metric is meant to be read against `retrain` (exact unlearning): the `gap_` columns of "
              "summary.csv hold |metric − retrain's|. A relearning delay `> R` is censored (the threshold was "
              "never reached in R probe rounds); ratios with a censored side are bounds.", "",
+             *[line for note in task_notes(run_dir) for line in (note, "")],
              f"## Mean ± standard deviation over {len(seeds)} seed(s) ({', '.join(seeds)})", "",
              "The deviation is the sample one (n − 1). Where a seed's value is censored (a relearning delay "
              "`> R`, recovery that never reached its target, retrain's validation or test score) the mean is a lower bound, shown `> m` "

@@ -52,6 +52,10 @@ class Task:
         """The scorer of models on the experiment's evaluation sets."""
         raise NotImplementedError
 
+    def report_notes(self, cfg: ExperimentConfig) -> list[str]:
+        """Sentences report.md states about how this task's metrics of ``cfg`` were computed."""
+        return []
+
     def default_probe_metric(self, cfg: ExperimentConfig) -> str:
         """The probe's metric when ``probe.metric = "auto"``."""
         return self.probe_metrics[0]

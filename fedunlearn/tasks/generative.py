@@ -29,6 +29,7 @@ from fedunlearn.data import FederatedData, data_key, federated_data
 from fedunlearn.evaluation.metrics import relative_distance
 from fedunlearn.evaluation.scorer import EvaluationSets
 from fedunlearn.io import atomic_savez
+from fedunlearn.models import model_part
 from fedunlearn.rbm import (
     MAX_EXACT_HIDDEN,
     ContrastiveDivergence,
@@ -94,6 +95,17 @@ class GenerativeTask(Task):
     def scorer(self, cfg: ExperimentConfig, data: FederatedData,
                requests: Sequence[ForgetRequest] = ()) -> GenerativeScorer:
         return GenerativeScorer(cfg, data, requests, self.settings)
+
+    def report_notes(self, cfg: ExperimentConfig) -> list[str]:
+        """Whether the log-likelihoods are exact or AIS estimates (a user's energy model may not say how
+        many hidden units it has: then the rule is stated)."""
+        s = self.settings
+        hidden = getattr(model_part(cfg.model).build_settings(cfg.model.settings, "model."), "hidden", None)
+        exact = "exact (log Z by enumeration of the hidden states)"
+        ais = f"AIS estimates (log Z from {s.ais_runs} runs of {s.ais_steps} temperatures)"
+        how = (f"{exact} for models with up to {s.exact_max_hidden} hidden units, {ais} above" if hidden is None
+               else exact if hidden <= s.exact_max_hidden else ais)
+        return [f"Log-likelihoods (nats per sample) are {how}; docs/methods.md, \"Generative task\"."]
 
     def check(self, cfg: ExperimentConfig, parts) -> None:
         super().check(cfg, parts)
