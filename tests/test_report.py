@@ -337,6 +337,18 @@ def test_gap_error_bars_are_the_sample_std_of_report_md_and_absent_for_one_seed(
     assert all(c.errorbar is None for c in fig.axes[0].containers) and "1 seed" in fig.axes[0].get_title()
 
 
+def test_gap_error_bars_stop_at_zero(tmp_path, monkeypatch):
+    """|gap| is never negative: gaps 0 and 0.3 (mean 0.15, std 0.21) draw a bar from 0, not from -0.06."""
+    from fedunlearn.report import plots
+
+    rows = [{"strategy": name, "seed": str(seed), "gap_test_acc": "" if name == "original" else str(gap)}
+            for seed, gap in [(0, 0.0), (1, 0.3)] for name in ["original", "puf"]]
+    fig = drawn_figure(monkeypatch, lambda: plots.gaps_to_retrain(tmp_path, rows, ["puf"], set()))
+    bars = [c for c in fig.axes[0].containers if c.get_label() == "puf"][0]
+    low, high = bars.errorbar.lines[2][0].get_segments()[0][:, 1]
+    assert low == pytest.approx(0.0) and high == pytest.approx(0.15 + np.std([0.0, 0.3], ddof=1))
+
+
 def test_the_samples_histogram_has_a_bar_per_class_of_the_data_set(tmp_path, monkeypatch):
     """Four classes (synthetic data) draw four bars, not digits' ten."""
     from fedunlearn.report import plots

@@ -238,8 +238,9 @@ def gaps_to_retrain(out: Path, rows: list[dict], names: list[str], scratch: set[
             means.append(np.mean(vals) if vals else np.nan)
             stds.append(np.std(vals, ddof=1) if len(vals) > 1 else 0.0)  # the sample std, as report.md's
         seeds = len({r["seed"] for r in rows})
-        ax.bar(np.arange(len(bars)) + i * width, means, width, yerr=stds if seeds > 1 else None, capsize=3,
-               color=colors[name], label=name)
+        below = [min(s, m) if m == m else 0.0 for m, s in zip(means, stds, strict=True)]  # a gap is >= 0
+        ax.bar(np.arange(len(bars)) + i * width, means, width, yerr=[below, stds] if seeds > 1 else None,
+               capsize=3, color=colors[name], label=name)
     ax.set_xticks(np.arange(len(bars)) + width * (len(shown) - 1) / 2, [label for label, _ in bars],
                   rotation=20, ha="right")
     ax.set_ylabel(f"|metric - retrain's metric| ({unit})")
