@@ -214,7 +214,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     """Probe the original model of a trained run, or --model (a strategy folder), against it."""
     from fedunlearn.flower.runtime import run_federation
-    from fedunlearn.phases.probe import prepare_probe, write_probes
+    from fedunlearn.phases.probe import prepare_probe
 
     request = request_from_flags(args.client, args.samples, args.forget_class)
     job = prepare_probe(args.run_dir, request, args.metric, args.mode, args.max_rounds, args.model or [],
@@ -223,11 +223,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
     out = _out_dir(args, Path(args.run_dir), None)  # a probe's curves replace the last ones
     results = run_federation(job.cfg.data.num_clients, job.cfg.simulation, job.run, out / "failures.log",
                              resources_checked=True)
-    write_probes(out, results)
+    job.write(out, results)
     for name, res in results[args.mode].items():
         print(f"{name}: delay {res.delay_text} {res.unit}{' (censored)' if res.censored else ''}, "
               f"AUC {res.auc:.3f}")
-    print(f"curves: {out / 'probe' / (args.mode + '.csv')}")
+    print(f"curves: {out / 'probe' / (args.mode + '.csv')} (settings: {args.mode}.toml beside it)")
     return 0
 
 
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "or auto")
     probe.add_argument("--mode", default="all", choices=["all", "alone"], help="re-add to all clients, or alone (SGD steps)")
     probe.add_argument("--max-rounds", type=int, help="probe cap R_max (default from the config)")
-    probe.add_argument("--out", help="the curves go to OUT/probe/MODE.csv (default RUN_DIR)")
+    probe.add_argument("--out", help="the curves go to OUT/probe/MODE.csv, their settings to MODE.toml (default RUN_DIR)")
     probe.set_defaults(func=cmd_probe)
 
     plot = sub.add_parser("plot", help="redraw the plots and report.md of a comparison folder")

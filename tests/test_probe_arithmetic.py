@@ -46,3 +46,23 @@ def test_ratio_is_a_number_or_a_bound():
     assert delay_ratio(probe([0, 0, 0.95, 1]), probe([0, 0, 0, 0])) == (None, "<= 0.50")
     assert delay_ratio(probe([0, 0]), probe([0, 0]))[1] == "n/a (both censored)"
     assert delay_ratio(probe([0, 0.95]), probe([0.95, 1]))[1] == "n/a (retrain delay 0)"
+
+
+def test_a_probe_commands_curves_are_written_with_the_settings_they_were_computed_with(tmp_path):
+    """``fedunlearn probe`` replaces RUN_DIR/probe/MODE.csv: MODE.toml beside it names the request and cap."""
+    import dataclasses
+    from pathlib import Path
+
+    from fedunlearn.config import ForgetRequest, load_config
+    from fedunlearn.phases.probe import ProbeJob
+    from fedunlearn.results import read_csv
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "experiments/default.toml")
+    cfg = dataclasses.replace(cfg, forget=[ForgetRequest(classes=[3], round=1)],
+                              probe=dataclasses.replace(cfg.probe, modes=["alone"], alone_max_steps=2))
+    results = {"alone": {"original": ProbeResult("forget_acc", "steps", [0.9, 0.95, 0.97], 0.9)}}
+    ProbeJob(cfg, None, [], {}).write(tmp_path, results)
+    recorded = load_config(tmp_path / "probe" / "alone.toml")
+    assert recorded.forget[0].classes == [3] and recorded.probe.alone_max_steps == 2
+    assert [float(r["value"]) for r in read_csv(tmp_path / "probe" / "alone.csv")] == [0.9, 0.95, 0.97]

@@ -32,6 +32,7 @@ from fedunlearn.config import (
     config_from_dict,
     config_to_dict,
     load_config,
+    to_toml,
     validate_requests,
 )
 from fedunlearn.data import federated_data
@@ -212,6 +213,13 @@ class ProbeJob:
     def run(self, fed: Federation, log=print) -> dict[str, dict[str, ProbeResult]]:
         return probe_models(fed, self.cfg, self.scorer, self.original, self.models, log=log, masks=self.masks,
                             reference=self.reference)
+
+    def write(self, out: Path, results: dict[str, dict[str, ProbeResult]]) -> None:
+        """The curves (:func:`write_probes`) and, beside each mode's, ``probe/MODE.toml``: the experiment as
+        this probe ran it (its request, metric, mode, cap), so the curves say what they were computed with."""
+        write_probes(out, results)
+        for mode in results:
+            atomic_write_text(out / "probe" / f"{mode}.toml", to_toml(config_to_dict(self.cfg)))
 
 
 def _checkpoint_of(path: str, flag: str) -> Weights:
