@@ -57,7 +57,11 @@ PROBE_COLUMNS = ["model", "step", "value", "threshold", "unit", "metric"]
 
 
 ProbeValue = Callable[[Weights], float]
-PROBE_LR = {"all": "train.lr", "alone": "probe.alone_lr"}  # the step size each mode relearns with
+
+
+def relearning_lr(cfg: ExperimentConfig, mode: str) -> tuple[str, float]:
+    """The setting a probe mode relearns with, and its value: training's recipe (``all``) or the alone step."""
+    return ("train.lr", cfg.train.lr) if mode == "all" else ("probe.alone_lr", cfg.probe.alone_lr)
 
 
 def probe_all(fed: Federation, cfg: ExperimentConfig, scorer: EvaluationSets, weights: Weights, value: ProbeValue,
@@ -178,8 +182,7 @@ def probe_models(fed: Federation, cfg: ExperimentConfig, scorer: EvaluationSets,
                 res = (probe_all if mode == "all" else probe_alone)(fed, cfg, scorer, weights, value, tau,
                                                                     (masks or {}).get(name))
             except ProbeDivergedError as err:
-                setting = PROBE_LR[mode]
-                lr = cfg.train.lr if mode == "all" else cfg.probe.alone_lr
+                setting, lr = relearning_lr(cfg, mode)
                 raise ConfigError(f"{setting}: the {mode} probe of {name} left NaN or Inf in the weights after "
                                   f"{err.rounds} {err.unit} ({setting} = {lr:g}); lower {setting} so relearning "
                                   "does not diverge") from None

@@ -242,10 +242,14 @@ class GenerativeScorer(EvaluationSets):
         when the original's forget log-likelihood is not above the reference's by probe.alpha (relative):
         then nothing was forgotten and a delay would measure noise."""
         at_original, at_reference = self.forget_ll(original), self.forget_ll(reference)
-        span = at_original - at_reference
-        if span <= self.cfg.probe.alpha * abs(at_original):
+        if not self.separated(at_original, at_reference):
             return lambda w: float("nan")
-        return lambda w: (self.forget_ll(w) - at_reference) / span
+        return lambda w: (self.forget_ll(w) - at_reference) / (at_original - at_reference)
+
+    def separated(self, at_original: float, at_reference: float) -> bool:
+        """Whether the original's forget log-likelihood is above the reference's by more than probe.alpha
+        (relative): the probe's r and the separation check share this one rule."""
+        return at_original - at_reference > self.cfg.probe.alpha * abs(at_original)
 
     def check_original(self, original: dict[str, float]) -> None:
         """Refuse an original that learnt nothing: its test log-likelihood must beat the initial model's by 1 nat."""
@@ -258,7 +262,7 @@ class GenerativeScorer(EvaluationSets):
     def check_separation(self, metric: str, original: Weights, reference: Weights) -> None:
         """Refuse when the reference's forget log-likelihood is within probe.alpha (relative) of the original's."""
         at_original, at_reference = self.forget_ll(original), self.forget_ll(reference)
-        if at_original - at_reference < self.cfg.probe.alpha * abs(at_original):
+        if not self.separated(at_original, at_reference):
             raise ConfigError(f"forgetting.check_separation: the retrained model's forget log-likelihood "
                               f"{at_reference:.2f} is within probe.alpha of the original's {at_original:.2f} nats: "
                               "there is nothing measurable to forget; forget a class or a client whose data the "
